@@ -1,0 +1,62 @@
+"""`convrec data`: the synthetic world and importers for real datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from convrec.cli.common import print_report
+
+app = typer.Typer(help="Make or import datasets (catalog.parquet + train/val/test samples).", no_args_is_help=True)
+
+
+@app.command("synth")
+def synth_command(
+    out: Path = typer.Option(..., "--out", help="Data folder to write."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (the world is deterministic given it)."),
+    size: str = typer.Option("small", "--size", help="small (hundreds of items) or medium (thousands)."),
+) -> None:
+    """A deterministic synthetic movie world: the embedded default of the toolkit."""
+    from convrec.data.synth import generate
+
+    print_report(generate(out, seed=seed, size=size))
+
+
+@app.command("redial")
+def redial_command(
+    path: Path = typer.Argument(..., help="A ReDIAL jsonl file in the He et al. (CIKM 2023) format."),
+    out: Path = typer.Option(..., "--out", help="Data folder to write."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the deterministic split by dialog id."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of dialogs for validation."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of dialogs for test."),
+) -> None:
+    """Import ReDIAL conversations, splitting by dialog id and building the catalog from mentions."""
+    from convrec.data.redial import import_redial
+
+    print_report(import_redial(path, out, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction))
+
+
+@app.command("reddit-v2")
+def reddit_v2_command(
+    path: Path = typer.Argument(..., help="The paper's processed Reddit-v2 release (a datasets save_to_disk folder)."),
+    out: Path = typer.Option(..., "--out", help="Data folder to write."),
+    catalog: Path | None = typer.Option(
+        None, "--catalog", help="Catalog file (CSV, Parquet or the paper's pickle); default: built from the data."
+    ),
+) -> None:
+    """Import the Reddit-v2 benchmark (train / validation / test) used by the Rank-GRPO paper."""
+    from convrec.data.reddit_v2 import import_reddit_v2
+
+    print_report(import_reddit_v2(path, out, catalog=catalog))
+
+
+@app.command("catalog")
+def catalog_command(
+    path: Path = typer.Argument(..., help="CSV or Parquet with title and year columns, or a pickle of (title, year)."),
+    out: Path = typer.Option(..., "--out", help="catalog.parquet to write."),
+) -> None:
+    """Convert a catalog file into convrec's catalog artifact."""
+    from convrec.data.catalog_import import import_catalog
+
+    print_report(import_catalog(path, out))

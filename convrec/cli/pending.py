@@ -1,0 +1,39 @@
+"""Commands later work builds; until then each says so in one line and exits 2."""
+
+from __future__ import annotations
+
+import typer
+
+from convrec.cli.common import err_console
+
+PENDING = {
+    "remap": "Project a teacher's free-text lists onto the catalog (lexical + semantic + context).",
+    "reflect": "Have an LLM judge re-score the remapped candidates for each conversation.",
+    "adjust": "Correct popularity bias with learned per-item weights and biases; write the SFT set.",
+    "model": "Build or inspect student models (e.g. `model init` for a tiny local Llama).",
+    "sft": "Supervised fine-tuning (behaviour cloning) of the student on catalog-grounded lists.",
+    "generate": "Generate ranked lists for a split with a trained model (predictions Parquet).",
+    "rl": "Rank-GRPO reinforcement learning (with GRPO and GSPO baselines).",
+    "serve": "Serve a trained recommender over an OpenAI-compatible HTTP API.",
+    "demo": "Run the whole ConvRec-R1 pipeline on the embedded synthetic world.",
+    "report": "Plot training curves and metrics of runs into PNGs and a summary page.",
+}
+
+
+def register(app: typer.Typer) -> None:
+    for name, help_text in PENDING.items():
+        app.command(
+            name,
+            help=f"{help_text} (not available yet)",
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+            add_help_option=True,
+        )(_pending(name))
+
+
+def _pending(name: str):
+    def command(ctx: typer.Context) -> None:
+        err_console.print(f"convrec {name}: not available yet in this version of convrec")
+        raise typer.Exit(2)
+
+    command.__name__ = f"{name}_command"
+    return command

@@ -1,0 +1,100 @@
+"""The one list parser and formatter: raw model/teacher text <-> ordered (title, year) items.
+
+Parsing follows the paper (split on newlines, strip numbering, bullets, markdown and quotes,
+read `Title (Year)`) and is lenient where real teachers are sloppy: a line without a year is
+kept as an item with ``year=None`` when it looks like a title rather than prose, and a title
+may itself contain parentheses ("Birdman (or The Unexpected Virtue of Ignorance) (2014)").
+`format_list` is the inverse, used to write training targets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+Item = tuple[str, int | None]
+
+_NUMBERING = re.compile(r"^\s*(?:#?\d{1,3}\s*[.)\]:]|\(\d{1,3}\)|\[\d{1,3}\])\s+")
+_BULLET = re.compile(r"^\s*(?:[-*+\u2022\u2023\u25e6\u2043>]|\u2013|\u2014)\s+")
+_TITLE_YEAR = re.compile(r"^(?P<title>.*?\S)\s*\(\s*(?P<year>\d{4})\s*\)(?P<rest>.*)$")
+_REST_OK = re.compile(r"^\s*(?:$|[-\u2013\u2014:,;|]\s*.*)$")  # "Title (Year) - why" is fine
+_MD = re.compile(r"\*\*|__|(?<!\w)[*_]|[*_](?!\w)|`")
+_PAIRS = {'"': '"', "\u201c": "\u201d", "'": "'", "\u2018": "\u2019", "\u00ab": "\u00bb"}
+
+
+@dataclass(frozen=True)
+class Line:
+    raw: str
+    item: Item | None  # None: not an item (prose, blank)
+    marked: bool  # had numbering or a bullet
+
+
+def _strip_quotes(s: str) -> str:
+    s = s.strip()
+    while len(s) >= 2 and _PAIRS.get(s[0]) == s[-1]:
+        s = s[1:-1].strip()
+    return s
+
+
+def parse_line(raw: str) -> Line:
+    s = raw.strip()
+    if not s:
+        return Line(raw, None, False)
+    marked = False
+    for pat in (_NUMBERING, _BULLET, _NUMBERING):  # "- 1. X" and "1. - X" both occur
+        m = pat.match(s)
+        if m:
+            s, marked = s[m.end() :], True
+    s = _MD.sub("", s).strip()
+    m = _TITLE_YEAR.match(s)
+    if m and _REST_OK.match(m["rest"]):
+        title = _strip_quotes(m["title"]).rstrip(" -:,")
+        if title:
+            return Line(raw, (title, int(m["year"])), marked)
+    title = _strip_quotes(s)
+    words = title.split()
+    prose = (
+        not title
+        or title.endswith(":")
+        or len(words) > 10
+        or (title.endswith(".") and len(words) > 3)
+        or (not marked and _TITLE_YEAR.match(s) is not None)  # "X (1999) is great" is prose
+    )
+    return Line(raw, None if prose else (title, None), marked)
+
+
+def parse_lines(text: str | None) -> list[Line]:
+    return [parse_line(line) for line in (text or "").splitlines()]
+
+
+def parse_list(text: str | None, *, dedupe: bool = False) -> list[Item]:
+    """Ordered items of a generated list. Duplicates are kept unless ``dedupe``."""
+    items = [ln.item for ln in parse_lines(text) if ln.item is not None]
+    if not dedupe:
+        return items
+    seen: set[tuple[str, int | None]] = set()
+    out = []
+    for t, y in items:
+        key = (t.casefold(), y)
+        if key not in seen:
+            seen.add(key)
+            out.append((t, y))
+    return out
+
+
+def is_format_valid(text: str | None, n: int | None = None) -> bool:
+    """Every non-blank line is `Title (Year)` (numbering tolerated) and, given n, there are n lines."""
+    lines = [ln for ln in parse_lines(text) if ln.raw.strip()]
+    if not lines or any(ln.item is None or ln.item[1] is None for ln in lines):
+        return False
+    return n is None or len(lines) == n
+
+
+def format_item(title: str, year: int | None) -> str:
+    return f"{title} ({year})" if year is not None else title
+
+
+def format_list(items: Iterable[Item]) -> str:
+    """Training-target text: one `Title (Year)` per line, nothing else."""
+    return "\n".join(format_item(t, y) for t, y in items)
