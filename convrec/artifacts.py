@@ -85,7 +85,7 @@ def _compatible(actual: pl.DataType, expected: pl.DataType) -> bool:
 
 def validate(df: pl.DataFrame, schema: Schema, source: str) -> pl.DataFrame:
     """Check columns and types; return the frame cast to the schema's exact dtypes."""
-    for col, dtype in schema.required.items():
+    for col in schema.required:
         if col not in df.columns:
             raise ConvrecError(f"{source}: missing column '{col}' ({schema.name} needs {list(schema.required)})")
     if schema.one_of and not any(c in df.columns for c in schema.one_of):
@@ -95,9 +95,7 @@ def validate(df: pl.DataFrame, schema: Schema, source: str) -> pl.DataFrame:
         if col not in df.columns:
             continue
         if not _compatible(df.schema[col], dtype):
-            raise ConvrecError(
-                f"{source}: column '{col}' has type {df.schema[col]}, expected {dtype} ({schema.name})"
-            )
+            raise ConvrecError(f"{source}: column '{col}' has type {df.schema[col]}, expected {dtype} ({schema.name})")
         if df.schema[col] != dtype:
             casts.append(pl.col(col).cast(dtype))
     return df.with_columns(casts) if casts else df

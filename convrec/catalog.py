@@ -25,8 +25,19 @@ from rapidfuzz import fuzz, process
 
 from convrec.errors import ConvrecError
 
-_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201b": "'", "`": "'", "\u00b4": "'",
-                         "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"})
+_QUOTES = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201b": "'",
+        "`": "'",
+        "\u00b4": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2013": "-",
+        "\u2014": "-",
+    }
+)
 _TRAILING_ARTICLE = re.compile(r"^(?P<body>.+?),\s*(?P<art>the|a|an)(?P<rest>\s*[:\-].*)?$")
 _APOSTROPHE = re.compile(r"'")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")

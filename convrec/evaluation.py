@@ -67,8 +67,8 @@ def evaluate(
         total_first += len(first)
         dups += sum(s == DUP for s in j.status)
         per_rank[: min(n, len(j.rel))] += j.rel[:n]
-        valid = is_format_valid(text, n) if text is not None else (
-            len(items) == n and all(y is not None for _, y in items)
+        valid = (
+            is_format_valid(text, n) if text is not None else (len(items) == n and all(y is not None for _, y in items))
         )
         rows.append((sid, len(items), sum(s != OUT for s in j.status), sum(j.rel), j.n_gt, valid))
     ks = tuple(k for k in cfg.ks)

@@ -28,9 +28,14 @@ def _run(kind: str, data: Path, split: str, out: Path, n: int) -> None:
     model = {"popularity": popularity, "cooc": cooc}[kind]
     with console.status(f"{kind}: recommending for {samples.height:,} samples"):
         preds = model.recommend(train, samples, catalog, n=n)
-    artifacts.write(preds, out, artifacts.PREDICTIONS, stage=f"baseline.{kind}",
-                    params={"split": split, "n": n},
-                    inputs=[catalog_path(data), split_path(data, "train"), split_path(data, split)])
+    artifacts.write(
+        preds,
+        out,
+        artifacts.PREDICTIONS,
+        stage=f"baseline.{kind}",
+        params={"split": split, "n": n},
+        inputs=[catalog_path(data), split_path(data, "train"), split_path(data, split)],
+    )
     console.print(f"{kind}: wrote {preds.height:,} lists to {out}")
 
 

@@ -20,10 +20,10 @@ def eval_command(
     split: str = typer.Option("test", "--split", help="train, val or test."),
     k: str = typer.Option("5,10,15,20", "--k", help="Cut-offs, comma-separated."),
     convention: str = typer.Option(
-        "paper", "--convention", help="Ideal DCG over min(|gt|, filtered length, k) ('paper') or min(|gt|, k) ('textbook')."
+        "paper", "--convention", help="Ideal DCG: min(|gt|, filtered len, k) ('paper') or min(|gt|, k) ('textbook')."
     ),
     year_tolerance: int = typer.Option(2, "--year-tolerance", help="Years may differ by this much and still match."),
-    no_year: bool = typer.Option(False, "--no-year", help="Year-less matching, for catalogs whose titles carry no year."),
+    no_year: bool = typer.Option(False, "--no-year", help="Year-less matching (catalogs whose titles carry no year)."),
     n_items: int = typer.Option(20, "--n-items", help="Expected list length (format validity, in-catalog ratio)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write all metrics as JSON here."),
     per_sample: Path | None = typer.Option(
@@ -66,8 +66,13 @@ def eval_command(
             )
         if per_sample is not None:
             per_sample.mkdir(parents=True, exist_ok=True)
-            artifacts.write(rows, per_sample / f"{path.stem}.parquet", stage="eval",
-                            params={"split": split, "k": list(ks)}, inputs=[path])
+            artifacts.write(
+                rows,
+                per_sample / f"{path.stem}.parquet",
+                stage="eval",
+                params={"split": split, "k": list(ks)},
+                inputs=[path],
+            )
     console.print(table)
     if json_out is not None:
         artifacts.write_json({"split": split, "data": str(data), "results": results}, json_out)
