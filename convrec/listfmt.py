@@ -17,8 +17,11 @@ Item = tuple[str, int | None]
 
 _NUMBERING = re.compile(r"^\s*(?:#?\d{1,3}\s*[.)\]:]|\(\d{1,3}\)|\[\d{1,3}\])\s+")
 _BULLET = re.compile(r"^\s*(?:[-*+\u2022\u2023\u25e6\u2043>]|\u2013|\u2014)\s+")
-_TITLE_YEAR = re.compile(r"^(?P<title>.*?\S)\s*\(\s*(?P<year>\d{4})\s*\)(?P<rest>.*)$")
-_REST_OK = re.compile(r"^\s*(?:$|[-\u2013\u2014:,;|]\s*.*)$")  # "Title (Year) - why" is fine
+# The year is a final "(dddd)"; failing that, the first "(dddd)" followed by a separator and a
+# comment ("Title (Year) - why"). Either way "(1234)" inside a title stays in the title.
+_TITLE_YEAR_END = re.compile(r"^(?P<title>.*\S)\s*\(\s*(?P<year>\d{4})\s*\)\s*$")
+_TITLE_YEAR = re.compile(r"^(?P<title>.*?\S)\s*\(\s*(?P<year>\d{4})\s*\)\s*[-\u2013\u2014:,;|].*$")
+_ANY_YEAR = re.compile(r"\(\s*\d{4}\s*\)")
 _MD = re.compile(r"\*\*|__|(?<!\w)[*_]|[*_](?!\w)|`")
 _PAIRS = {'"': '"', "\u201c": "\u201d", "'": "'", "\u2018": "\u2019", "\u00ab": "\u00bb"}
 
@@ -47,8 +50,8 @@ def parse_line(raw: str) -> Line:
         if m:
             s, marked = s[m.end() :], True
     s = _MD.sub("", s).strip()
-    m = _TITLE_YEAR.match(s)
-    if m and _REST_OK.match(m["rest"]):
+    m = _TITLE_YEAR_END.match(s) or _TITLE_YEAR.match(s)
+    if m:
         title = _strip_quotes(m["title"]).rstrip(" -:,")
         if title:
             return Line(raw, (title, int(m["year"])), marked)
@@ -59,7 +62,7 @@ def parse_line(raw: str) -> Line:
         or title.endswith(":")
         or len(words) > 10
         or (title.endswith(".") and len(words) > 3)
-        or (not marked and _TITLE_YEAR.match(s) is not None)  # "X (1999) is great" is prose
+        or (not marked and _ANY_YEAR.search(s) is not None)  # "X (1999) is great" is prose
     )
     return Line(raw, None if prose else (title, None), marked)
 

@@ -1,0 +1,102 @@
+"""Shared fixtures: a tiny hand-made world and a runner for the real `convrec` CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from convrec import artifacts
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+CATALOG_ROWS = [
+    ("A Movie", 2000, 5.0),
+    ("Bee Story", 2001, 4.0),
+    ("Cats & Dogs", 2002, 3.0),
+    ("Dune", 1984, 2.0),
+    ("Dune", 2021, 9.0),
+    ("The Matrix", 1999, 8.0),
+    ("Ocean's Eleven", 2001, 7.0),
+    ("Amélie", 2001, 1.0),
+    ("Elf", 2003, 6.0),
+    ("Fargo", 1996, 2.5),
+]
+
+
+def item(title: str, year: int | None) -> dict:
+    return {"title": title, "year": year}
+
+
+def catalog_frame(rows=CATALOG_ROWS) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "item_id": [f"m{i:03d}" for i in range(len(rows))],
+            "title": [r[0] for r in rows],
+            "year": [r[1] for r in rows],
+            "popularity": [r[2] for r in rows],
+        }
+    )
+
+
+def samples_frame(rows: list[tuple[str, list, list]]) -> pl.DataFrame:
+    """rows: (sample_id, seen items, ground-truth items) with items as (title, year)."""
+    return pl.DataFrame(
+        {
+            "sample_id": [r[0] for r in rows],
+            "conversation_id": [f"c-{r[0]}" for r in rows],
+            "messages": [[{"role": "user", "content": f"conversation {r[0]}"}] for r in rows],
+            "seen": [[item(*x) for x in r[1]] for r in rows],
+            "ground_truth": [[item(*x) for x in r[2]] for r in rows],
+        },
+        schema=artifacts.SAMPLES.required,
+    )
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    """A data folder with the hand-made catalog and three small splits."""
+    d = tmp_path / "data"
+    artifacts.write(catalog_frame(), d / "catalog.parquet", "catalog", stage="test")
+    train = samples_frame(
+        [
+            ("t1", [("The Matrix", 1999)], [("Dune", 2021)]),
+            ("t2", [("The Matrix", 1999)], [("Dune", 2021), ("Elf", 2003)]),
+            ("t3", [("Elf", 2003)], [("Fargo", 1996)]),
+            ("t4", [], [("Dune", 2021)]),
+        ]
+    )
+    test = samples_frame(
+        [
+            ("s1", [("The Matrix", 1999)], [("Dune", 2021)]),
+            ("s2", [("Elf", 2003)], [("Fargo", 1996), ("A Movie", 2000)]),
+            ("s3", [], [("Bee Story", 2001)]),
+        ]
+    )
+    for split, df in (("train", train), ("val", test), ("test", test)):
+        artifacts.write(df, d / f"{split}.parquet", "samples", stage="test")
+    return d
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `convrec` CLI in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "convrec.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit code 2, one line on stderr that mentions the needles, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
