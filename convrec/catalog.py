@@ -96,6 +96,7 @@ class Catalog:
         pop = df["popularity"].fill_null(0.0).to_numpy() if "popularity" in df.columns else np.zeros(df.height)
         self.popularity = np.asarray(pop, dtype=np.float64)
         self.row_of_id = {iid: i for i, iid in enumerate(self.item_ids)}
+        self._resolved: dict[tuple[str, int | None], tuple[str, int]] = {}
         self._by_title: dict[str, list[int]] = {}
         for i, n in enumerate(self.norm):
             self._by_title.setdefault(n, []).append(i)
@@ -117,7 +118,20 @@ class Catalog:
         Among remakes, the closest year wins (ties: the more popular). A query without a year
         matches only in year-less mode or with ``allow_missing_year`` (then: the most popular).
         """
-        rows = self._by_title.get(normalize_title(title))
+        return self.lookup_normalized(normalize_title(title), year, allow_missing_year=allow_missing_year)
+
+    def resolve(self, title: str, year: int | None) -> tuple[str, int]:
+        """(normalised title, strict `lookup` row), memoised: metrics call it for every listed item."""
+        key = (title, year)
+        hit = self._resolved.get(key)
+        if hit is None:
+            norm = normalize_title(title)
+            hit = self._resolved[key] = (norm, self.lookup_normalized(norm, year))
+        return hit
+
+    def lookup_normalized(self, norm: str, year: int | None, *, allow_missing_year: bool = False) -> int:
+        """`lookup` for a title already passed through `normalize_title` (hot loops)."""
+        rows = self._by_title.get(norm)
         if not rows:
             return -1
         if not self.use_year:

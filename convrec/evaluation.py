@@ -27,17 +27,15 @@ class EvalConfig:
     n_items: int = 20  # expected list length: format validity, in-catalog ratio, per-rank hit rate
 
 
-def predicted_lists(preds: pl.DataFrame) -> dict[str, tuple[list, bool]]:
-    """sample_id -> (items, format_valid)."""
-    has_items = "items" in preds.columns
-    has_text = "text" in preds.columns
+def predicted_lists(preds: pl.DataFrame) -> dict[str, tuple[list, str | None]]:
+    """sample_id -> (items, raw text or None)."""
+    n = preds.height
+    ids = preds["sample_id"].to_list()
+    items_col = preds["items"].to_list() if "items" in preds.columns else [None] * n
+    texts = preds["text"].to_list() if "text" in preds.columns else [None] * n
     out = {}
-    for row in preds.iter_rows(named=True):
-        items = items_of(row["items"]) if has_items and row["items"] is not None else None
-        text = row["text"] if has_text else None
-        if items is None:
-            items = parse_list(text)
-        out[row["sample_id"]] = (items, text)
+    for sid, structs, text in zip(ids, items_col, texts, strict=True):
+        out[sid] = (items_of(structs) if structs is not None else parse_list(text), text)
     return out
 
 

@@ -65,8 +65,7 @@ def judge_list(
     emitted: set = set()
     status, rel, filtered = [], [], []
     for t, y in items:
-        n = normalize_title(t)
-        row = catalog.lookup(t, y)
+        n, row = catalog.resolve(t, y)
         key = row if row >= 0 else (n, y)
         if row < 0:
             s = OUT

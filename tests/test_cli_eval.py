@@ -120,3 +120,8 @@ def test_eval_predictions_for_another_split(tiny_data, tmp_path):
     p = tmp_path / "other.parquet"
     pl.DataFrame({"sample_id": ["zzz"], "text": ["Dune (2021)"]}).write_parquet(p)
     assert_user_error(run_cli("eval", p, "--data", tiny_data), "no prediction's sample_id")
+
+
+def test_usage_errors_are_one_line(tiny_data):
+    assert_user_error(run_cli("eval", "x.parquet"), "Missing option '--data'")
+    assert_user_error(run_cli("baseline", "nope"), "No such command")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 from convrec import __version__
@@ -34,16 +35,29 @@ def _root(
         raise typer.Exit()
 
 
+# Recent typer vendors its own click: catch both families of usage errors.
+_USAGE_ERRORS = (
+    click.ClickException,
+    next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
+)
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors (bad input, bad flags) become one line on stderr and exit code 2."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except ConvrecError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except _USAGE_ERRORS as e:
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx else ""
+        err_console.print(f"[bold red]error:[/] {e.format_message()}{hint}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, click.Abort, typer.Abort):
         err_console.print("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

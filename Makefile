@@ -1,0 +1,40 @@
+# convrec developer entry points. `make install` once, then `make demo` / `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install test test-fast lint bench demo clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+install: $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[dev]'
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast:
+	$(BIN)/pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff check convrec tests bench
+	$(BIN)/ruff format --check convrec tests bench
+
+bench:
+	$(BIN)/python bench/bench_foundation.py
+
+# The embedded default: synthetic world -> baselines -> eval (no network, no GPU).
+demo: install
+	$(BIN)/convrec data synth --out out/synth --seed 0
+	$(BIN)/convrec baseline popularity --data out/synth --split test --out out/pred/popularity.parquet
+	$(BIN)/convrec baseline cooc --data out/synth --split test --out out/pred/cooc.parquet
+	$(BIN)/convrec eval out/pred/popularity.parquet out/pred/cooc.parquet --data out/synth --split test \
+		--json out/metrics.json
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache
