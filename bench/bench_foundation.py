@@ -102,7 +102,7 @@ def main() -> None:
         f"{n / secs:,.0f} titles/s",
         f"recovered {acc:.1%}",
     )
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 if __name__ == "__main__":
