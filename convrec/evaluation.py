@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from convrec.catalog import Catalog
-from convrec.data import items_of
+from convrec.data import item_lists
 from convrec.errors import ConvrecError
 from convrec.listfmt import is_format_valid, parse_list
 from convrec.metrics import DUP, OUT, judge_list, ranking_metrics
@@ -31,11 +31,12 @@ def predicted_lists(preds: pl.DataFrame) -> dict[str, tuple[list, str | None]]:
     """sample_id -> (items, raw text or None)."""
     n = preds.height
     ids = preds["sample_id"].to_list()
-    items_col = preds["items"].to_list() if "items" in preds.columns else [None] * n
+    has_items = preds["items"].is_not_null().to_list() if "items" in preds.columns else [False] * n
+    items_col = item_lists(preds["items"]) if "items" in preds.columns else [None] * n
     texts = preds["text"].to_list() if "text" in preds.columns else [None] * n
     out = {}
-    for sid, structs, text in zip(ids, items_col, texts, strict=True):
-        out[sid] = (items_of(structs) if structs is not None else parse_list(text), text)
+    for sid, present, items, text in zip(ids, has_items, items_col, texts, strict=True):
+        out[sid] = (items if present else parse_list(text), text)
     return out
 
 
@@ -55,9 +56,10 @@ def evaluate(
     per_rank = np.zeros(n)
     filtered, n_gt, rows = [], [], []
     in_cat = total_first = dups = 0
-    for sid, gt, seen in zip(ids, samples["ground_truth"].to_list(), samples["seen"].to_list(), strict=True):
+    gts, seens = item_lists(samples["ground_truth"]), item_lists(samples["seen"])
+    for sid, gt, seen in zip(ids, gts, seens, strict=True):
         items, text = lists.get(sid, ([], None))
-        j = judge_list(items, items_of(gt), items_of(seen), catalog)
+        j = judge_list(items, gt, seen, catalog)
         filtered.append(j.filtered_hits)
         n_gt.append(j.n_gt)
         first = j.status[:n]

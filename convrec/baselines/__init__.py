@@ -6,15 +6,14 @@ import numpy as np
 import polars as pl
 
 from convrec.catalog import Catalog
-from convrec.data import items_of
+from convrec.data import item_lists
 from convrec.listfmt import format_list
 
 
-def resolve_rows(catalog: Catalog, structs_per_sample: list) -> list[np.ndarray]:
+def resolve_rows(catalog: Catalog, col: pl.Series) -> list[np.ndarray]:
     """Catalog rows of each sample's (title, year) list; unknown items are dropped."""
     out = []
-    for structs in structs_per_sample:
-        items = items_of(structs)
+    for items in item_lists(col):
         rows = catalog.lookup_many([t for t, _ in items], [y for _, y in items], allow_missing_year=True)
         out.append(rows[rows >= 0])
     return out

@@ -27,8 +27,8 @@ def _indicator(rows: list[np.ndarray], n_items: int) -> sp.csr_matrix:
 def fit(train: pl.DataFrame, catalog: Catalog) -> sp.csr_matrix:
     """The normalised mention -> answer co-occurrence matrix (items x items, sparse)."""
     n = len(catalog)
-    seen = _indicator(resolve_rows(catalog, train["seen"].to_list()), n)
-    gt = _indicator(resolve_rows(catalog, train["ground_truth"].to_list()), n)
+    seen = _indicator(resolve_rows(catalog, train["seen"]), n)
+    gt = _indicator(resolve_rows(catalog, train["ground_truth"]), n)
     c = (seen.T @ gt).tocsr()
     n_seen = np.asarray(seen.sum(axis=0)).ravel()
     n_gt = np.asarray(gt.sum(axis=0)).ravel()
@@ -48,7 +48,7 @@ def recommend(
     c = fit(train, catalog)
     pop = item_counts(train, catalog)
     pop = prior * pop / pop.max() if pop.max() > 0 else pop
-    seen = resolve_rows(catalog, samples["seen"].to_list())
+    seen = resolve_rows(catalog, samples["seen"])
     out: list[np.ndarray] = []
     for start in range(0, len(seen), batch_size):
         chunk = seen[start : start + batch_size]

@@ -13,7 +13,7 @@ def item_counts(train: pl.DataFrame, catalog: Catalog) -> np.ndarray:
     """How often each catalog item is a ground-truth answer in ``train``, with the catalog's own
     popularity as a tie-breaker (and the whole signal when train is empty)."""
     counts = np.zeros(len(catalog))
-    for rows in resolve_rows(catalog, train["ground_truth"].to_list()):
+    for rows in resolve_rows(catalog, train["ground_truth"]):
         np.add.at(counts, rows, 1.0)
     pop = catalog.popularity
     tie = pop / (pop.max() + 1.0) if pop.max() > 0 else np.zeros_like(pop)
@@ -22,7 +22,7 @@ def item_counts(train: pl.DataFrame, catalog: Catalog) -> np.ndarray:
 
 def recommend(train: pl.DataFrame, samples: pl.DataFrame, catalog: Catalog, n: int = 20) -> pl.DataFrame:
     scores = item_counts(train, catalog)
-    seen = resolve_rows(catalog, samples["seen"].to_list())
+    seen = resolve_rows(catalog, samples["seen"])
     rows = []
     order = np.argsort(-scores, kind="stable")
     for ex in seen:  # one global order: skip the seen items per sample

