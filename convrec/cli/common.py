@@ -9,6 +9,8 @@ from convrec.data.report import ImportReport
 from convrec.errors import ConvrecError
 
 console = Console()
+if not console.is_terminal:  # piped or captured: tables keep their full width instead of 80 columns
+    console.width = 160
 err_console = Console(stderr=True)
 
 
@@ -23,7 +25,7 @@ def parse_ks(text: str) -> tuple[int, ...]:
 
 
 def print_report(report: ImportReport) -> None:
-    table = Table(title=f"imported {report.source}", show_header=True)
+    table = Table(title=report.source, show_header=True)
     table.add_column("what")
     table.add_column("count", justify="right")
     for k, v in report.counts.items():
