@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import polars as pl
@@ -120,12 +121,23 @@ def read(path: str | Path, schema: Schema | str) -> pl.DataFrame:
     return validate(df, schema, str(path))
 
 
-def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file (or of a folder's files, sorted), for provenance and caches."""
-    path = Path(path)
-    h = hashlib.sha256()
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file (or of a folder's files, sorted), for provenance and caches.
+
+    Memoised on (path, size, mtime) of every file, so an importer writing four artifacts from one
+    multi-GB source hashes it once.
+    """
+    path = Path(path).resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _hash_files(path, stamp)
+
+
+@lru_cache(maxsize=256)
+def _hash_files(path: Path, stamp: tuple, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        f = Path(name)
         if path.is_dir():
             h.update(str(f.relative_to(path)).encode())
         with open(f, "rb") as fh:
@@ -144,7 +156,10 @@ class _AtomicPath:
         self.path = path
 
     def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ConvrecError(f"{self.path}: cannot write there, a parent path is a file") from None
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         self.tmp = Path(tmp)

@@ -68,3 +68,18 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         raise RuntimeError("crash mid-write")
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["cat.parquet"]  # no temporary left behind
+
+
+def test_write_under_a_file_is_a_user_error(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConvrecError, match="parent path is a file"):
+        artifacts.write(catalog_frame(), tmp_path / "f" / "cat.parquet", "catalog", stage="unit")
+
+
+def test_file_hash_follows_content(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("one")
+    first = artifacts.file_hash(f)
+    f.write_text("two!")
+    assert artifacts.file_hash(f) != first
+    assert artifacts.file_hash(tmp_path) == artifacts.file_hash(tmp_path)
