@@ -2,9 +2,10 @@
 
 From the training split, C[i, j] counts the samples in which item i was mentioned (seen) and item
 j was the answer; cosine-normalised, C[i, j] / sqrt(n_i · n_j), so popular items do not drown
-everything. A sample's score is the sum of the rows of its mentioned items, plus a small
-popularity prior that orders items the mentions say nothing about (and whole samples with no
-mention). Seen items are excluded.
+everything. A sample's score is the sum of the rows of its mentioned items plus ``prior`` times
+the max-normalised popularity, which orders items the mentions say little about (and whole samples
+with no mention). The default 0.2 was the best of {0.001, 0.05, 0.2, 0.5, 1} on the val splits of
+both the synthetic world and ReDIAL. Seen items are excluded.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def recommend(
     samples: pl.DataFrame,
     catalog: Catalog,
     n: int = 20,
-    prior: float = 1e-3,
+    prior: float = 0.2,
     batch_size: int = 2048,
 ) -> pl.DataFrame:
     c = fit(train, catalog)

@@ -19,7 +19,7 @@ OUT = typer.Option(..., "--out", help="Predictions Parquet to write.")
 N = typer.Option(20, "--n", help="List length.")
 
 
-def _run(kind: str, data: Path, split: str, out: Path, n: int) -> None:
+def _run(kind: str, data: Path, split: str, out: Path, n: int, **params) -> None:
     from convrec.baselines import cooc, popularity
 
     catalog = Catalog(load_catalog(data))
@@ -27,13 +27,13 @@ def _run(kind: str, data: Path, split: str, out: Path, n: int) -> None:
     samples = load_split(data, split)
     model = {"popularity": popularity, "cooc": cooc}[kind]
     with console.status(f"{kind}: recommending for {samples.height:,} samples"):
-        preds = model.recommend(train, samples, catalog, n=n)
+        preds = model.recommend(train, samples, catalog, n=n, **params)
     artifacts.write(
         preds,
         out,
         artifacts.PREDICTIONS,
         stage=f"baseline.{kind}",
-        params={"split": split, "n": n},
+        params={"split": split, "n": n, **params},
         inputs=[catalog_path(data), split_path(data, "train"), split_path(data, split)],
     )
     console.print(f"{kind}: wrote {preds.height:,} lists to {out}")
@@ -46,6 +46,12 @@ def popularity_command(data: Path = DATA, split: str = SPLIT, out: Path = OUT, n
 
 
 @app.command("cooc")
-def cooc_command(data: Path = DATA, split: str = SPLIT, out: Path = OUT, n: int = N) -> None:
+def cooc_command(
+    data: Path = DATA,
+    split: str = SPLIT,
+    out: Path = OUT,
+    n: int = N,
+    prior: float = typer.Option(0.2, "--prior", help="Weight of the popularity prior (0 = mentions only)."),
+) -> None:
     """Item-kNN over conversation mentions: what gets recommended after what was mentioned."""
-    _run("cooc", data, split, out, n)
+    _run("cooc", data, split, out, n, prior=prior)
