@@ -97,3 +97,21 @@ def test_cli(tmp_path):
     proc = run_cli("data", "synth", "--out", tmp_path / "w", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     assert "signal:" in proc.stdout and (tmp_path / "w" / "test.parquet").exists()
+
+
+def test_embedded_default_end_to_end(world, tmp_path):
+    """synth -> both baselines -> eval through the real CLI: the README's first command in small."""
+    out, _ = world
+    for kind in ("popularity", "cooc"):
+        proc = run_cli("baseline", kind, "--data", out, "--out", tmp_path / f"{kind}.parquet")
+        assert proc.returncode == 0, proc.stderr
+    proc = run_cli(
+        "eval", tmp_path / "popularity.parquet", tmp_path / "cooc.parquet", "--data", out, "--json", tmp_path / "m.json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    res = json.loads((tmp_path / "m.json").read_text())["results"]
+    pop, cooc = res[str(tmp_path / "popularity.parquet")], res[str(tmp_path / "cooc.parquet")]
+    assert cooc["ndcg@20"] > pop["ndcg@20"] > 0
+    assert pop["in_catalog"] == cooc["in_catalog"] == 1.0
