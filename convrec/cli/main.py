@@ -8,7 +8,7 @@ import click
 import typer
 
 from convrec import __version__
-from convrec.cli import baseline, data, evaluate, pending
+from convrec.cli import baseline, data, evaluate, model, pending
 from convrec.cli.common import err_console
 from convrec.errors import ConvrecError
 
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(baseline.app, name="baseline")
+app.add_typer(model.app, name="model")
 app.command("eval")(evaluate.eval_command)
 pending.register(app)  # stages that later work builds
 

@@ -1,0 +1,53 @@
+"""Load any causal LM with its tokenizer: a hub id (users with internet) or a local folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from convrec.errors import ConvrecError
+
+
+def quiet_transformers() -> None:
+    """No per-shard progress bars or load reports: convrec shows its own progress."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def load_tokenizer(name_or_path: str | Path):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    except Exception as e:  # transformers raises OSError, ValueError, JSON errors... for bad folders
+        raise ConvrecError(f"{name_or_path}: cannot load a tokenizer ({type(e).__name__}: {_first_line(e)})") from None
+    if tok.chat_template is None:
+        raise ConvrecError(f"{name_or_path}: the tokenizer has no chat template (use an instruct/chat model)")
+    if tok.pad_token is None:  # many base models ship without one; batching needs it
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(name_or_path: str | Path, *, dtype: str | None = None):
+    """A causal LM in eval mode. A local path that does not exist is a user error, not a hub lookup."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    p = Path(name_or_path)
+    if (str(name_or_path).startswith((".", "/")) or p.exists()) and not (p / "config.json").exists():
+        raise ConvrecError(f"{name_or_path}: not a model folder (no config.json)")
+    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    except Exception as e:
+        raise ConvrecError(f"{name_or_path}: cannot load the model ({type(e).__name__}: {_first_line(e)})") from None
+    return model.eval()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else ""

@@ -1,0 +1,118 @@
+"""`convrec model init`: a tiny Llama-family model built from scratch, tokenizer included.
+
+No hub is reachable here, so the embedded default and the tests need a real model the project
+makes itself: a byte-level BPE tokenizer trained (`tokenizers`) on the dataset's conversations,
+prompts and catalog lines, a chat template, and a randomly initialised `LlamaForCausalLM` saved
+with `save_pretrained`. Every later stage then loads it exactly like `Qwen/Qwen2.5-0.5B-Instruct`.
+
+The newline is split off before byte-level BPE, so it is always its own token: Rank-GRPO cuts a
+completion into items at newline tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from convrec.data import SPLITS, load_catalog, load_split, split_path
+from convrec.errors import ConvrecError
+from convrec.prompts import build_messages
+
+SPECIAL = {"bos": "<|bos|>", "eos": "<|end|>", "pad": "<|pad|>", "unk": "<|unk|>"}
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+SIZES = {  # hidden, layers, heads, kv heads, intermediate, vocab
+    "tiny": (192, 4, 6, 2, 512, 4096),
+    "small": (256, 6, 8, 4, 704, 8192),
+}
+
+
+def training_texts(data_dir: Path) -> Iterator[str]:
+    """Everything the model will read or write: prompts and catalog lines."""
+    cat = load_catalog(data_dir)
+    for t, y in zip(cat["title"], cat["year"], strict=True):
+        yield f"{t} ({y})" if y is not None else t
+    for split in SPLITS:
+        if split_path(data_dir, split).exists():
+            for msgs in load_split(data_dir, split)["messages"].to_list():
+                yield build_messages(msgs)[0]["content"]
+
+
+def train_tokenizer(texts: Iterator[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk"]))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[*SPECIAL.values(), *ROLE_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=SPECIAL["bos"],
+        eos_token=SPECIAL["eos"],
+        pad_token=SPECIAL["pad"],
+        unk_token=SPECIAL["unk"],
+        additional_special_tokens=ROLE_TOKENS,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"  # batched generation appends to the right
+    return fast
+
+
+def init_model(data_dir: str | Path, out: str | Path, *, size: str = "tiny", seed: int = 0) -> dict:
+    """Train the tokenizer, build a random Llama, save both to ``out``; return a summary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from convrec.models.load import quiet_transformers
+
+    quiet_transformers()
+    if size not in SIZES:
+        raise ConvrecError(f"unknown model size '{size}': choose one of {', '.join(SIZES)}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConvrecError(f"{out}: is a file, expected a folder for the model")
+    hidden, layers, heads, kv_heads, inter, vocab = SIZES[size]
+    tokenizer = train_tokenizer(training_texts(Path(data_dir)), vocab)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tmp = out.with_name(f".{out.name}.tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():  # replace atomically-ish: the old model stays until the new one is complete
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab": len(tokenizer),
+        "layers": layers,
+        "hidden": hidden,
+        "size": size,
+    }
