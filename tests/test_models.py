@@ -59,6 +59,8 @@ def test_generation_runs(tiny_model):
 def test_bad_model_folders(tmp_path):
     with pytest.raises(ConvrecError, match="not a model folder"):
         load_model(tmp_path)
+    with pytest.raises(ConvrecError, match="not a model folder"):
+        load_tokenizer(tmp_path)
     (tmp_path / "config.json").write_text("{ not json")
     with pytest.raises(ConvrecError, match="cannot load the model"):
         load_model(tmp_path)

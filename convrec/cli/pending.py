@@ -10,8 +10,6 @@ PENDING = {
     "remap": "Project a teacher's free-text lists onto the catalog (lexical + semantic + context).",
     "reflect": "Have an LLM judge re-score the remapped candidates for each conversation.",
     "adjust": "Correct popularity bias with learned per-item weights and biases; write the SFT set.",
-    "sft": "Supervised fine-tuning (behaviour cloning) of the student on catalog-grounded lists.",
-    "generate": "Generate ranked lists for a split with a trained model (predictions Parquet).",
     "rl": "Rank-GRPO reinforcement learning (with GRPO and GSPO baselines).",
     "serve": "Serve a trained recommender over an OpenAI-compatible HTTP API.",
     "demo": "Run the whole ConvRec-R1 pipeline on the embedded synthetic world.",

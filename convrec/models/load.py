@@ -15,10 +15,18 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
+def _check_local(name_or_path: str | Path) -> None:
+    """A local-looking path that is not a model folder is a user error, not a hub lookup."""
+    p = Path(name_or_path)
+    if (str(name_or_path).startswith((".", "/")) or p.exists()) and not (p / "config.json").exists():
+        raise ConvrecError(f"{name_or_path}: not a model folder (no config.json)")
+
+
 def load_tokenizer(name_or_path: str | Path):
     from transformers import AutoTokenizer
 
     quiet_transformers()
+    _check_local(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(str(name_or_path))
     except Exception as e:  # transformers raises OSError, ValueError, JSON errors... for bad folders
@@ -37,9 +45,7 @@ def load_model(name_or_path: str | Path, *, dtype: str | None = None):
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    p = Path(name_or_path)
-    if (str(name_or_path).startswith((".", "/")) or p.exists()) and not (p / "config.json").exists():
-        raise ConvrecError(f"{name_or_path}: not a model folder (no config.json)")
+    _check_local(name_or_path)
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)

@@ -1,0 +1,1 @@
+"""Training recipes (sft, rl) as plain loops built from small components."""

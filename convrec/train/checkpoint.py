@@ -1,0 +1,38 @@
+"""Checkpoints: a `save_pretrained` folder plus the trainer state, swapped in atomically."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from convrec.errors import ConvrecError
+
+STATE = "trainer_state.pt"
+
+
+def save(folder: Path, model, tokenizer, state: dict | None = None) -> None:
+    """Write to a temporary folder, then swap it in: a crash never leaves a half checkpoint."""
+    folder = Path(folder)
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if state is not None:
+        torch.save(state, tmp / STATE)
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(folder: Path) -> dict:
+    path = Path(folder) / STATE
+    if not path.exists():
+        raise ConvrecError(f"{folder}: no trainer state to resume from ({STATE} missing)")
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as e:
+        raise ConvrecError(f"{path}: corrupt trainer state ({type(e).__name__})") from None

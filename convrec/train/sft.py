@@ -1,0 +1,192 @@
+"""`convrec sft`: behaviour cloning of a causal LM on catalog-grounded lists. One plain loop.
+
+Loss on the completion tokens only; AdamW; linear warmup then cosine decay; gradient accumulation;
+periodic validation (loss, and Recall/NDCG/in-catalog/format-valid of generated lists through
+`evaluation.evaluate`); `RUN/last` every validation and `RUN/best` by validation NDCG@20;
+`--resume` restores model, optimiser, scheduler, RNG and data position, so a killed run ends where
+an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from convrec import artifacts
+from convrec.catalog import Catalog
+from convrec.data import item_lists, load_catalog, load_split
+from convrec.errors import ConvrecError
+from convrec.evaluation import EvalConfig, evaluate
+from convrec.generate import GenerationConfig, generate_predictions
+from convrec.models.load import load_model, load_tokenizer
+from convrec.train import checkpoint
+from convrec.train.sft_data import IGNORE, collate, encode, ground_truth_targets
+
+
+@dataclass
+class SFTConfig:
+    data: str
+    model: str
+    out: str
+    sft_set: str | None = None
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 1024
+    n_items: int = 20
+    eval_every: int = 100
+    val_samples: int = 100
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    resume: bool = False
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+@torch.no_grad()
+def _val_loss(model, enc, pad_id: int, batch_size: int) -> float:
+    model.eval()
+    total, tokens = 0.0, 0
+    for s in range(0, len(enc.prompts), batch_size):
+        batch = collate(enc, list(range(s, min(s + batch_size, len(enc.prompts)))), pad_id)
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        total += float(model(**batch).loss) * n
+        tokens += n
+    model.train()
+    return total / max(1, tokens)
+
+
+def train(cfg: SFTConfig, console=None) -> dict:
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConvrecError(f"{out}: is a file, expected a run folder")
+    state = checkpoint.load_state(out / "last") if cfg.resume else None  # fail before any heavy loading
+    torch.manual_seed(cfg.seed)
+    catalog = Catalog(load_catalog(cfg.data))
+    tokenizer = load_tokenizer(cfg.model if not cfg.resume else out / "last")
+    model = load_model(cfg.model if not cfg.resume else out / "last")
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+
+    if cfg.sft_set:
+        train_df = artifacts.read(cfg.sft_set, artifacts.SAMPLES)
+        targets = item_lists(train_df["ground_truth"])
+    else:
+        train_df = load_split(cfg.data, "train")
+        targets = ground_truth_targets(train_df, catalog, cfg.n_items)
+    enc = encode(tokenizer, train_df, targets, cfg.n_items, cfg.max_length)
+    val_df = load_split(cfg.data, "val").head(cfg.val_samples)
+    val_enc = encode(tokenizer, val_df, ground_truth_targets(val_df, catalog, cfg.n_items), cfg.n_items, cfg.max_length)
+
+    steps_per_epoch = math.ceil(len(enc.prompts) / (cfg.batch_size * cfg.grad_accum))
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
+    step, best = 0, -1.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        step, best = state["step"], state["best"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    log_path = out / "metrics.jsonl"
+    if cfg.resume and log_path.exists():  # drop what the killed run logged after its last checkpoint
+        kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        log_path.write_text("".join(ln + "\n" for ln in kept))
+    elif not cfg.resume:
+        log_path.write_text("")
+
+    def log(rec: dict) -> None:
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+    micro = cfg.batch_size
+    progress = Progress(
+        TextColumn("sft"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    last_loss = float("nan")
+    with progress:
+        task = progress.add_task("sft", total=total, completed=step, info="")
+        while step < total:
+            epoch, pos = divmod(step, steps_per_epoch)
+            order = _order(len(enc.prompts), cfg.seed, epoch)
+            t0, tokens, loss_sum = time.perf_counter(), 0, 0.0
+            optimizer.zero_grad(set_to_none=True)
+            for a in range(cfg.grad_accum):
+                start = (pos * cfg.grad_accum + a) * micro
+                index = order[start : start + micro] or order[:micro]
+                batch = collate(enc, index, tokenizer.pad_token_id)
+                loss = model(**batch).loss / cfg.grad_accum
+                loss.backward()
+                loss_sum += float(loss.detach())
+                tokens += int(batch["attention_mask"].sum())
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            last_loss = loss_sum
+            tps = tokens / (time.perf_counter() - t0)
+            log({"step": step, "loss": loss_sum, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps})
+            progress.update(task, completed=step, info=f"loss {loss_sum:.3f} · {tps:,.0f} tok/s")
+            if step % cfg.eval_every == 0 or step == total:
+                metrics = validate(model, tokenizer, val_df, val_enc, catalog, cfg)
+                log({"step": step, **{f"val_{k}": v for k, v in metrics.items()}})
+                progress.console.print(
+                    f"step {step}: val loss {metrics['loss']:.3f} · NDCG@20 {metrics['ndcg@20']:.4f} · "
+                    f"in-catalog {metrics['in_catalog']:.1%} · format-valid {metrics['format_valid']:.1%}"
+                )
+                state = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "step": step,
+                    "best": best,
+                }
+                if metrics["ndcg@20"] > best:
+                    best = state["best"] = metrics["ndcg@20"]
+                    checkpoint.save(out / "best", model, tokenizer)
+                checkpoint.save(out / "last", model, tokenizer, state)
+    return {"steps": step, "final_loss": last_loss, "best_val_ndcg@20": best, "truncated_prompts": enc.truncated}
+
+
+def validate(model, tokenizer, val_df, val_enc, catalog, cfg: SFTConfig) -> dict:
+    loss = _val_loss(model, val_enc, tokenizer.pad_token_id, cfg.batch_size)
+    preds = generate_predictions(
+        model, tokenizer, val_df, GenerationConfig(n_items=cfg.n_items, max_new_tokens=cfg.n_items * 14)
+    )
+    summary, _ = evaluate(preds, val_df, catalog, EvalConfig(n_items=cfg.n_items))
+    model.train()
+    keep = ("recall@5", "recall@20", "ndcg@5", "ndcg@20", "in_catalog", "format_valid", "mean_list_length")
+    return {"loss": loss, **{k: summary[k] for k in keep}}

@@ -1,0 +1,71 @@
+"""Behaviour-cloning examples: (prompt ids, completion ids) with the loss on the completion only.
+
+Targets are the Stage 1 SFT set's lists when given; otherwise each training sample's ground truth,
+padded to N items with the co-occurrence baseline's ranking for that sample (never a seen or
+ground-truth item), so the student always learns to write full N-line lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+import torch
+
+from convrec.baselines import cooc
+from convrec.catalog import Catalog
+from convrec.data import item_lists
+from convrec.errors import ConvrecError
+from convrec.generate import encode_prompts
+from convrec.listfmt import format_list
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    truncated: int  # prompts cut from the left to fit the context
+
+
+def ground_truth_targets(train: pl.DataFrame, catalog: Catalog, n: int) -> list[list[tuple[str, int | None]]]:
+    """Each sample's ground truth, then the cooc ranking to fill N items."""
+    fill = item_lists(cooc.recommend(train, train, catalog, n=n + 8)["items"])
+    targets = []
+    for gt, extra in zip(item_lists(train["ground_truth"]), fill, strict=True):
+        keys = {(t.casefold(), y) for t, y in gt}
+        targets.append((gt + [x for x in extra if (x[0].casefold(), x[1]) not in keys])[:n])
+    return targets
+
+
+def encode(
+    tokenizer, samples: pl.DataFrame, targets: list[list[tuple[str, int | None]]], n: int, max_length: int
+) -> Encoded:
+    if samples.height == 0:
+        raise ConvrecError("no training samples: the SFT set or train split is empty")
+    completions = [
+        tokenizer(format_list(t) + tokenizer.eos_token, add_special_tokens=False)["input_ids"] for t in targets
+    ]
+    longest = max(len(c) for c in completions)
+    if longest >= max_length - 16:
+        raise ConvrecError(f"target lists need {longest} tokens but the context is {max_length}: raise --max-length")
+    full = encode_prompts(tokenizer, samples["messages"].to_list(), n, 10**9)
+    prompts = [p[-(max_length - len(c)) :] for p, c in zip(full, completions, strict=True)]
+    truncated = sum(len(p) < len(f) for p, f in zip(prompts, full, strict=True))
+    return Encoded(prompts, completions, truncated)
+
+
+def collate(enc: Encoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch with labels masked on the prompt and the padding."""
+    seqs = [enc.prompts[i] + enc.completions[i] for i in index]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, i in enumerate(index):
+        p, c = enc.prompts[i], enc.completions[i]
+        ids[row, : len(p) + len(c)] = torch.tensor(p + c)
+        labels[row, len(p) : len(p) + len(c)] = torch.tensor(c)
+        mask[row, : len(p) + len(c)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
