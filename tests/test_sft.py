@@ -92,3 +92,54 @@ def test_sft_bad_input(setup, tmp_path):
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "config.json").write_text("{}")
     assert_user_error(run_cli("sft", "--model", tmp_path / "corrupt", *base), "cannot load")
+
+
+def test_zero2_two_processes_on_cpu(setup, tmp_path):
+    """DeepSpeed ZeRO-2, 2 processes, gloo: loss falls, the checkpoint loads in one process and generates."""
+    run = tmp_path / "ds"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "convrec.cli.main",
+        "sft",
+        "--data",
+        str(setup / "data"),
+        "--model",
+        str(setup / "model"),
+        "--out",
+        str(run),
+        "--max-steps",
+        "6",
+        "--deepspeed",
+        "ds_configs/zero2.json",
+        *SFT_ARGS,
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [r["loss"] for r in _losses(run) if "loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert [p.name for p in (run / "ds_state").glob("step*")] == ["step6"]
+    proc = run_cli(
+        "generate",
+        "--model",
+        run / "last",
+        "--data",
+        setup / "data",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--out",
+        tmp_path / "pred.parquet",
+    )
+    assert proc.returncode == 0, proc.stderr

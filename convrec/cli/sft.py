@@ -26,6 +26,9 @@ def sft_command(
     seed: int = typer.Option(0, "--seed"),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from RUN/last."),
+    deepspeed: Path | None = typer.Option(
+        None, "--deepspeed", help="DeepSpeed config (ds_configs/zero2.json); launch with torchrun or deepspeed."
+    ),
 ) -> None:
     """Supervised fine-tuning (behaviour cloning) on catalog-grounded `Title (Year)` lists."""
     from convrec.train.sft import SFTConfig, train
@@ -47,12 +50,17 @@ def sft_command(
         seed=seed,
         gradient_checkpointing=gradient_checkpointing,
         resume=resume,
+        deepspeed=str(deepspeed) if deepspeed else None,
     )
     result = train(cfg, console=console)
-    console.print(
-        f"done: {result['steps']} steps, final loss {result['final_loss']:.4f}, best val NDCG@20 "
-        f"{result['best_val_ndcg@20']:.4f}; prompts truncated: {result['truncated_prompts']} · {out}/best, {out}/last"
-    )
+    from convrec.train.distributed import is_main
+
+    if is_main():
+        console.print(
+            f"done: {result['steps']} steps, final loss {result['final_loss']:.4f}, best val NDCG@20 "
+            f"{result['best_val_ndcg@20']:.4f}; prompts truncated: {result['truncated_prompts']} · {out}/best, "
+            f"{out}/last"
+        )
 
 
 def generate_command(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from convrec.errors import ConvrecError
 from convrec.evaluation import EvalConfig, evaluate
 from convrec.generate import GenerationConfig, generate_predictions
 from convrec.models.load import load_model, load_tokenizer
-from convrec.train import checkpoint
+from convrec.train import checkpoint, distributed
 from convrec.train.sft_data import IGNORE, collate, encode, ground_truth_targets
 
 
@@ -50,6 +51,7 @@ class SFTConfig:
     seed: int = 0
     gradient_checkpointing: bool = False
     resume: bool = False
+    deepspeed: str | None = None  # a DeepSpeed JSON config (ds_configs/zero2.json): ZeRO-2 across processes
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -103,29 +105,43 @@ def train(cfg: SFTConfig, console=None) -> dict:
     val_df = load_split(cfg.data, "val").head(cfg.val_samples)
     val_enc = encode(tokenizer, val_df, ground_truth_targets(val_df, catalog, cfg.n_items), cfg.n_items, cfg.max_length)
 
-    steps_per_epoch = math.ceil(len(enc.prompts) / (cfg.batch_size * cfg.grad_accum))
+    world = distributed.world_size()
+    steps_per_epoch = math.ceil(len(enc.prompts) / (cfg.batch_size * cfg.grad_accum * world))
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
+    engine = None
+    if cfg.deepspeed:
+        ds_cfg = distributed.resolve_config(
+            cfg.deepspeed, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm
+        )
+        engine = distributed.deepspeed_engine(model, optimizer, scheduler, ds_cfg)
     step, best = 0, -1.0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if engine is not None:  # partitioned optimizer state: every rank loads its own shard
+            engine.load_checkpoint(str(out / "ds_state"), load_module_strict=True)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         step, best = state["step"], state["best"]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    main = distributed.is_main()
     log_path = out / "metrics.jsonl"
-    if cfg.resume and log_path.exists():  # drop what the killed run logged after its last checkpoint
-        kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        log_path.write_text("".join(ln + "\n" for ln in kept))
-    elif not cfg.resume:
-        log_path.write_text("")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        if state is not None and log_path.exists():  # drop what the killed run logged after its checkpoint
+            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
+        elif state is None:
+            log_path.write_text("")
 
     def log(rec: dict) -> None:
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
+        if main:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
 
+    forward = engine if engine is not None else model
     micro = cfg.batch_size
     progress = Progress(
         TextColumn("sft"),
@@ -134,7 +150,7 @@ def train(cfg: SFTConfig, console=None) -> dict:
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
         console=console,
-        transient=False,
+        disable=not main,
     )
     last_loss = float("nan")
     with progress:
@@ -145,39 +161,49 @@ def train(cfg: SFTConfig, console=None) -> dict:
             t0, tokens, loss_sum = time.perf_counter(), 0, 0.0
             optimizer.zero_grad(set_to_none=True)
             for a in range(cfg.grad_accum):
-                start = (pos * cfg.grad_accum + a) * micro
+                # this rank's slice of the global micro-batch
+                start = ((pos * cfg.grad_accum + a) * world + distributed.rank()) * micro
                 index = order[start : start + micro] or order[:micro]
                 batch = collate(enc, index, tokenizer.pad_token_id)
-                loss = model(**batch).loss / cfg.grad_accum
-                loss.backward()
-                loss_sum += float(loss.detach())
+                loss = forward(**batch).loss
+                if engine is not None:
+                    engine.backward(loss)  # scales by 1/grad_accum itself
+                    engine.step()  # optimiser + scheduler at the accumulation boundary only
+                else:
+                    (loss / cfg.grad_accum).backward()
+                loss_sum += float(loss.detach()) / cfg.grad_accum
                 tokens += int(batch["attention_mask"].sum())
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            if engine is None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
             step += 1
-            last_loss = loss_sum
-            tps = tokens / (time.perf_counter() - t0)
-            log({"step": step, "loss": loss_sum, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps})
-            progress.update(task, completed=step, info=f"loss {loss_sum:.3f} · {tps:,.0f} tok/s")
+            last_loss = distributed.mean_across_ranks(loss_sum)
+            tps = tokens * world / (time.perf_counter() - t0)
+            log({"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps})
+            progress.update(task, completed=step, info=f"loss {last_loss:.3f} · {tps:,.0f} tok/s")
             if step % cfg.eval_every == 0 or step == total:
-                metrics = validate(model, tokenizer, val_df, val_enc, catalog, cfg)
-                log({"step": step, **{f"val_{k}": v for k, v in metrics.items()}})
-                progress.console.print(
-                    f"step {step}: val loss {metrics['loss']:.3f} · NDCG@20 {metrics['ndcg@20']:.4f} · "
-                    f"in-catalog {metrics['in_catalog']:.1%} · format-valid {metrics['format_valid']:.1%}"
-                )
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "step": step,
-                    "best": best,
-                }
-                if metrics["ndcg@20"] > best:
-                    best = state["best"] = metrics["ndcg@20"]
-                    checkpoint.save(out / "best", model, tokenizer)
-                checkpoint.save(out / "last", model, tokenizer, state)
+                state = {"rng": torch.get_rng_state(), "step": step, "best": best}
+                if engine is not None:
+                    engine.save_checkpoint(str(out / "ds_state"), tag=f"step{step}")  # collective
+                else:
+                    state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                if main:
+                    metrics = validate(model, tokenizer, val_df, val_enc, catalog, cfg)
+                    log({"step": step, **{f"val_{k}": v for k, v in metrics.items()}})
+                    progress.console.print(
+                        f"step {step}: val loss {metrics['loss']:.3f} · NDCG@20 {metrics['ndcg@20']:.4f} · "
+                        f"in-catalog {metrics['in_catalog']:.1%} · format-valid {metrics['format_valid']:.1%}"
+                    )
+                    if metrics["ndcg@20"] > best:
+                        best = state["best"] = metrics["ndcg@20"]
+                        checkpoint.save(out / "best", model, tokenizer)
+                    checkpoint.save(out / "last", model, tokenizer, state)
+                distributed.barrier()
+                if engine is not None and main:  # keep only the newest DeepSpeed state
+                    for old in (out / "ds_state").glob("step*"):
+                        if old.name != f"step{step}":
+                            shutil.rmtree(old, ignore_errors=True)
     return {"steps": step, "final_loss": last_loss, "best_val_ndcg@20": best, "truncated_prompts": enc.truncated}
 
 

@@ -1,0 +1,79 @@
+"""DeepSpeed ZeRO-2 across processes (torchrun / deepspeed launcher), gloo on CPU, nccl on GPU.
+
+Single-process runs never import deepspeed. In a multi-process run every rank trains on its own
+slice of each global batch; rank 0 alone validates, logs and writes `save_pretrained` folders
+(ZeRO-2 partitions optimizer state and gradients, not parameters, so rank 0 holds the full model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from convrec.errors import ConvrecError
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def mean_across_ranks(value: float) -> float:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t) / world_size()
+
+
+def resolve_config(path: str | Path, *, micro_batch: int, grad_accum: int, max_grad_norm: float) -> dict:
+    """Read a DeepSpeed JSON config and fill its "auto" values from the run's own settings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConvrecError(f"{path}: no such DeepSpeed config file")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConvrecError(f"{path}: not valid JSON (line {e.lineno})") from None
+    fills = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": max_grad_norm,
+    }
+    for key, value in fills.items():
+        if cfg.get(key, "auto") == "auto":
+            cfg[key] = value
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    for key in ("bf16", "fp16"):
+        if isinstance(cfg.get(key), dict) and cfg[key].get("enabled") == "auto":
+            cfg[key]["enabled"] = bf16 if key == "bf16" else False
+    return cfg
+
+
+def deepspeed_engine(model, optimizer, scheduler, config: dict):
+    """Initialise the process group and wrap model/optimizer/scheduler in a DeepSpeed engine."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is imported
+    try:
+        import deepspeed
+    except ImportError:
+        raise ConvrecError("--deepspeed needs the deepspeed package (pip install deepspeed)") from None
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    return engine
