@@ -27,6 +27,7 @@ lint:
 
 bench:
 	$(BIN)/python bench/bench_foundation.py
+	$(BIN)/python bench/bench_sft.py
 
 # The embedded default: synthetic world -> baselines -> eval (no network, no GPU).
 demo: install
