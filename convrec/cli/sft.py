@@ -31,27 +31,11 @@ def sft_command(
     ),
 ) -> None:
     """Supervised fine-tuning (behaviour cloning) on catalog-grounded `Title (Year)` lists."""
+    # every flag is a field of SFTConfig: paths travel as strings (the config is saved as JSON)
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
     from convrec.train.sft import SFTConfig, train
 
-    cfg = SFTConfig(
-        data=str(data),
-        model=model,
-        out=str(out),
-        sft_set=str(sft_set) if sft_set else None,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        warmup_ratio=warmup_ratio,
-        max_length=max_length,
-        eval_every=eval_every,
-        val_samples=val_samples,
-        seed=seed,
-        gradient_checkpointing=gradient_checkpointing,
-        resume=resume,
-        deepspeed=str(deepspeed) if deepspeed else None,
-    )
+    cfg = SFTConfig(**flags)
     result = train(cfg, console=console)
     from convrec.train.distributed import is_main
 
