@@ -4,7 +4,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from convrec.listfmt import _ANY_YEAR, format_list, is_format_valid, parse_line, parse_list
+from convrec.listfmt import _ANY_YEAR, _BULLET, _NUMBERING, format_list, is_format_valid, parse_line, parse_list
 
 RAW = """Sure! Here are some movies you might like:
 
@@ -82,7 +82,7 @@ def titles(draw) -> str:
     if draw(st.booleans()):
         t += f" ({draw(_word)})"
     t = t.strip()
-    if t[0] in "'" or (t[0].isdigit() and len(t.split()[0]) <= 3 and not t.split()[0].isalpha()):
+    if t[0] == "'" or _NUMBERING.match(t) or _BULLET.match(t):  # would read as list markup
         t = "X" + t
     return t
 
