@@ -143,3 +143,15 @@ def test_zero2_two_processes_on_cpu(setup, tmp_path):
         tmp_path / "pred.parquet",
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_sft_set_bad_input(setup, tmp_path):
+
+    from convrec.data import load_split
+
+    base = ["--data", setup / "data", "--model", setup / "model", "--out", tmp_path / "r", "--max-steps", "1"]
+    train = load_split(setup / "data", "train")
+    train.drop("ground_truth").write_parquet(tmp_path / "nogt.parquet")
+    assert_user_error(run_cli("sft", *base, "--sft-set", tmp_path / "nogt.parquet"), "ground_truth")
+    train.clear().write_parquet(tmp_path / "empty.parquet")
+    assert_user_error(run_cli("sft", *base, "--sft-set", tmp_path / "empty.parquet"), "no training samples")
