@@ -155,3 +155,11 @@ def test_sft_set_bad_input(setup, tmp_path):
     assert_user_error(run_cli("sft", *base, "--sft-set", tmp_path / "nogt.parquet"), "ground_truth")
     train.clear().write_parquet(tmp_path / "empty.parquet")
     assert_user_error(run_cli("sft", *base, "--sft-set", tmp_path / "empty.parquet"), "no training samples")
+
+
+def test_resume_from_corrupt_checkpoint(setup, tmp_path):
+    last = tmp_path / "r" / "last"
+    last.mkdir(parents=True)
+    (last / "trainer_state.pt").write_bytes(b"\x00\x01 not a torch file")
+    base = ["--data", setup / "data", "--model", setup / "model", "--out", tmp_path / "r", "--max-steps", "1"]
+    assert_user_error(run_cli("sft", *base, "--resume"), "corrupt trainer state")
