@@ -62,8 +62,9 @@ def test_sft_trains_checkpoints_and_generates(setup, tmp_path):
     assert proc.returncode == 0 and "pred" in proc.stdout
 
 
-def test_kill_and_resume_matches_uninterrupted(setup, tmp_path):
-    common = ["--data", setup / "data", "--model", setup / "model", "--max-steps", "6", *SFT_ARGS]
+@pytest.mark.parametrize("extra", [[], ["--lora-r", "4"]], ids=["full", "lora"])
+def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, extra):
+    common = ["--data", setup / "data", "--model", setup / "model", "--max-steps", "6", *SFT_ARGS, *extra]
     full = run_cli("sft", "--out", tmp_path / "full", *common)
     assert full.returncode == 0, full.stderr
     expected = [r["loss"] for r in _losses(tmp_path / "full") if "loss" in r]
@@ -82,6 +83,32 @@ def test_kill_and_resume_matches_uninterrupted(setup, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     got = [r["loss"] for r in _losses(run) if "loss" in r]
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_lora_trains_adapters_and_saves_plain_models(setup, tmp_path):
+    run = tmp_path / "lora"
+    proc = run_cli(
+        "sft",
+        "--data",
+        setup / "data",
+        "--model",
+        setup / "model",
+        "--out",
+        run,
+        "--max-steps",
+        "6",
+        "--lora-r",
+        "4",
+        *SFT_ARGS,
+    )
+    assert proc.returncode == 0, proc.stderr
+    losses = [r["loss"] for r in _losses(run) if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert (run / "last" / "adapter" / "adapter_config.json").exists()
+    merged, base = load_model(run / "last"), load_model(setup / "model")
+    assert not hasattr(merged, "peft_config")  # a plain transformers model: generate/eval/serve need no peft
+    changed = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all("proj" in n for n in changed)  # only the adapted linear layers moved
 
 
 def test_sft_bad_input(setup, tmp_path):

@@ -26,6 +26,9 @@ def sft_command(
     seed: int = typer.Option(0, "--seed"),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from RUN/last."),
+    lora_r: int = typer.Option(0, "--lora-r", help="LoRA rank (0 = full fine-tuning); needs peft."),
+    lora_alpha: int = typer.Option(16, "--lora-alpha"),
+    lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
     deepspeed: Path | None = typer.Option(
         None, "--deepspeed", help="DeepSpeed config (ds_configs/zero2.json); launch with torchrun or deepspeed."
     ),

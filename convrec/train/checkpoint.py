@@ -8,16 +8,24 @@ from pathlib import Path
 import torch
 
 from convrec.errors import ConvrecError
+from convrec.train import lora
 
 STATE = "trainer_state.pt"
 
 
 def save(folder: Path, model, tokenizer, state: dict | None = None) -> None:
-    """Write to a temporary folder, then swap it in: a crash never leaves a half checkpoint."""
+    """Write to a temporary folder, then swap it in: a crash never leaves a half checkpoint.
+
+    A LoRA model is saved merged (a plain model folder) with its adapter in ``adapter/``.
+    """
     folder = Path(folder)
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    if lora.is_peft(model):
+        lora.merged_copy(model).save_pretrained(tmp)
+        model.save_pretrained(tmp / lora.ADAPTER)
+    else:
+        model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if state is not None:
         torch.save(state, tmp / STATE)

@@ -26,7 +26,7 @@ from convrec.errors import ConvrecError
 from convrec.evaluation import EvalConfig, evaluate
 from convrec.generate import GenerationConfig, generate_predictions
 from convrec.models.load import load_model, load_tokenizer
-from convrec.train import checkpoint, distributed
+from convrec.train import checkpoint, distributed, lora
 from convrec.train.sft_data import IGNORE, collate, encode, ground_truth_targets
 
 
@@ -52,6 +52,9 @@ class SFTConfig:
     gradient_checkpointing: bool = False
     resume: bool = False
     deepspeed: str | None = None  # a DeepSpeed JSON config (ds_configs/zero2.json): ZeRO-2 across processes
+    lora_r: int = 0  # > 0: train LoRA adapters of this rank on all linear layers instead of every weight
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -90,7 +93,16 @@ def train(cfg: SFTConfig, console=None) -> dict:
     torch.manual_seed(cfg.seed)
     catalog = Catalog(load_catalog(cfg.data))
     tokenizer = load_tokenizer(cfg.model if not cfg.resume else out / "last")
-    model = load_model(cfg.model if not cfg.resume else out / "last")
+    if cfg.lora_r:  # the base stays cfg.model; resume reloads the unmerged adapter
+        model = lora.wrap(
+            load_model(cfg.model),
+            cfg.lora_r,
+            cfg.lora_alpha,
+            cfg.lora_dropout,
+            resume_from=out / "last" if cfg.resume else None,
+        )
+    else:
+        model = load_model(cfg.model if not cfg.resume else out / "last")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
@@ -108,7 +120,8 @@ def train(cfg: SFTConfig, console=None) -> dict:
     world = distributed.world_size()
     steps_per_epoch = math.ceil(len(enc.prompts) / (cfg.batch_size * cfg.grad_accum * world))
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
     engine = None
     if cfg.deepspeed:
@@ -174,7 +187,7 @@ def train(cfg: SFTConfig, console=None) -> dict:
                 loss_sum += float(loss.detach()) / cfg.grad_accum
                 tokens += int(batch["attention_mask"].sum())
             if engine is None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
             step += 1
