@@ -33,7 +33,18 @@ def _losses(run) -> list[dict]:
 def test_sft_trains_checkpoints_and_generates(setup, tmp_path):
     run = tmp_path / "run"
     proc = run_cli(
-        "sft", "--data", setup / "data", "--model", setup / "model", "--out", run, "--max-steps", "9", *SFT_ARGS
+        "sft",
+        "--data",
+        setup / "data",
+        "--model",
+        setup / "model",
+        "--out",
+        run,
+        "--max-steps",
+        "9",
+        "--keep-last",
+        "3",
+        *SFT_ARGS,
     )
     assert proc.returncode == 0, proc.stderr
     train_losses = [r["loss"] for r in _losses(run) if "loss" in r]
@@ -42,6 +53,7 @@ def test_sft_trains_checkpoints_and_generates(setup, tmp_path):
     assert [r["step"] for r in vals] == [3, 6, 9] and vals[-1]["val_loss"] < vals[0]["val_loss"]
     for folder in ("last", "best"):
         assert load_model(run / folder).config.model_type == "llama"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step00000006", "step00000009"]
     proc = run_cli(
         "generate",
         "--model",

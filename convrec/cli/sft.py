@@ -26,6 +26,7 @@ def sft_command(
     seed: int = typer.Option(0, "--seed"),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from RUN/last."),
+    keep_last: int = typer.Option(1, "--keep-last", help="Checkpoints to keep: RUN/last plus K-1 in RUN/checkpoints."),
     lora_r: int = typer.Option(0, "--lora-r", help="LoRA rank (0 = full fine-tuning); needs peft."),
     lora_alpha: int = typer.Option(16, "--lora-alpha"),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout"),

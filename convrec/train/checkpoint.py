@@ -36,6 +36,17 @@ def save(folder: Path, model, tokenizer, state: dict | None = None) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def keep_copy(run: Path, step: int, keep_last: int) -> None:
+    """Copy RUN/last to RUN/checkpoints/stepN and drop the oldest beyond keep_last - 1 copies."""
+    if keep_last <= 1:
+        return
+    folder = Path(run) / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    shutil.copytree(Path(run) / "last", folder / f"step{step:08d}", dirs_exist_ok=True)
+    for old in sorted(folder.glob("step*"))[: -(keep_last - 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def load_state(folder: Path) -> dict:
     path = Path(folder) / STATE
     if not path.exists():

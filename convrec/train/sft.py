@@ -9,6 +9,7 @@ an uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -44,6 +45,7 @@ class SFTConfig:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    keep_last: int = 1  # > 1: also keep RUN/checkpoints/stepN copies of the newest K-1 earlier checkpoints
     max_length: int = 1024
     n_items: int = 20
     eval_every: int = 100
@@ -65,6 +67,22 @@ def _lr_lambda(warmup: int, total: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def _autocast():
+    """bf16 autocast where the hardware has it (CUDA); full precision on CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _tensorboard(folder: Path):
+    """A SummaryWriter when tensorboard is installed; metrics.jsonl is always written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
 
 
 def _order(n: int, seed: int, epoch: int) -> list[int]:
@@ -149,10 +167,16 @@ def train(cfg: SFTConfig, console=None) -> dict:
         elif state is None:
             log_path.write_text("")
 
+    board = _tensorboard(out / "tensorboard") if main else None
+
     def log(rec: dict) -> None:
         if main:
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
+            if board is not None:
+                for k, v in rec.items():
+                    if k != "step" and isinstance(v, (int, float)):
+                        board.add_scalar(k, v, rec["step"])
 
     forward = engine if engine is not None else model
     micro = cfg.batch_size
@@ -178,7 +202,8 @@ def train(cfg: SFTConfig, console=None) -> dict:
                 start = ((pos * cfg.grad_accum + a) * world + distributed.rank()) * micro
                 index = order[start : start + micro] or order[:micro]
                 batch = collate(enc, index, tokenizer.pad_token_id)
-                loss = forward(**batch).loss
+                with _autocast():
+                    loss = forward(**batch).loss
                 if engine is not None:
                     engine.backward(loss)  # scales by 1/grad_accum itself
                     engine.step()  # optimiser + scheduler at the accumulation boundary only
@@ -212,6 +237,7 @@ def train(cfg: SFTConfig, console=None) -> dict:
                         best = state["best"] = metrics["ndcg@20"]
                         checkpoint.save(out / "best", model, tokenizer)
                     checkpoint.save(out / "last", model, tokenizer, state)
+                    checkpoint.keep_copy(out, step, cfg.keep_last)
                 distributed.barrier()
                 if engine is not None and main:  # keep only the newest DeepSpeed state
                     for old in (out / "ds_state").glob("step*"):
