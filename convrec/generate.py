@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import polars as pl
 import torch
 
+from convrec.errors import ConvrecError
 from convrec.prompts import build_messages
 
 
@@ -25,14 +26,37 @@ class GenerationConfig:
     max_prompt_tokens: int = 768
 
 
+def _encode(tokenizer, msgs: list[dict], n_items: int) -> list[int]:
+    ids = tokenizer.apply_chat_template(build_messages(msgs, n_items), add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def encode_prompt(tokenizer, msgs: list[dict], n_items: int, max_tokens: int) -> tuple[list[int], bool]:
+    """Chat-template ids for one conversation, and whether it had to be shortened to ``max_tokens``.
+
+    The conversation loses its oldest turns first, then the start of its oldest remaining turn; the
+    chat template and the instruction always stay whole.
+    """
+    ids = _encode(tokenizer, msgs, n_items)
+    if len(ids) <= max_tokens:
+        return ids, False
+    msgs = list(msgs)
+    while len(msgs) > 1 and len(ids) > max_tokens:
+        msgs = msgs[1:]
+        ids = _encode(tokenizer, msgs, n_items)
+    while len(ids) > max_tokens and msgs[0]["content"]:
+        content = msgs[0]["content"]
+        cut = max(1, len(content) * (len(ids) - max_tokens) // max(1, len(ids)) + 1)
+        msgs[0] = {**msgs[0], "content": content[cut:]}
+        ids = _encode(tokenizer, msgs, n_items)
+    if len(ids) > max_tokens:
+        raise ConvrecError(f"the prompt template alone needs {len(ids)} tokens, over the {max_tokens} allowed")
+    return ids, True
+
+
 def encode_prompts(tokenizer, conversations: list[list[dict]], n_items: int, max_prompt_tokens: int) -> list[list[int]]:
-    """Chat-template token ids per conversation, left-truncated (oldest turns go first) to fit."""
-    out = []
-    for msgs in conversations:
-        ids = tokenizer.apply_chat_template(build_messages(msgs, n_items), add_generation_prompt=True, tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        out.append(list(ids[-max_prompt_tokens:]))
-    return out
+    """`encode_prompt` over a batch (ids only)."""
+    return [encode_prompt(tokenizer, msgs, n_items, max_prompt_tokens)[0] for msgs in conversations]
 
 
 @torch.no_grad()

@@ -77,3 +77,23 @@ def test_model_init_bad_input(tmp_path):
 def test_model_init_unknown_size(tiny_model, tmp_path):
     _, data = tiny_model
     assert_user_error(run_cli("model", "init", "--data", data, "--out", tmp_path / "m", "--size", "huge"), "size")
+
+
+def test_long_conversations_lose_their_oldest_turns(tiny_model):
+    from convrec.generate import encode_prompt
+
+    path, _ = tiny_model
+    tok = load_tokenizer(path)
+    msgs = [{"role": "user", "content": f"turn {i} " + "horror comedy drama " * 30} for i in range(6)]
+    full, cut = encode_prompt(tok, msgs, 20, 10_000)
+    assert not cut
+    ids, cut = encode_prompt(tok, msgs, 20, len(full) // 2)
+    assert cut and len(ids) <= len(full) // 2
+    text = tok.decode(ids)
+    assert text.startswith("<|bos|><|user|>") and "turn 5" in text and "turn 0" not in text
+    assert text.endswith("<|assistant|>\n") and "Title (Year)" in text
+    one = [{"role": "user", "content": "x " * 2000 + "the end"}]
+    ids, cut = encode_prompt(tok, one, 20, 200)
+    assert cut and len(ids) <= 200 and "the end" in tok.decode(ids)
+    with pytest.raises(ConvrecError, match="template alone"):
+        encode_prompt(tok, one, 20, 10)

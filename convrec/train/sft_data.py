@@ -16,7 +16,7 @@ from convrec.baselines import cooc
 from convrec.catalog import Catalog
 from convrec.data import item_lists
 from convrec.errors import ConvrecError
-from convrec.generate import encode_prompts
+from convrec.generate import encode_prompt
 from convrec.listfmt import format_list
 
 IGNORE = -100
@@ -50,10 +50,11 @@ def encode(
     longest = max(len(c) for c in completions)
     if longest >= max_length - 16:
         raise ConvrecError(f"target lists need {longest} tokens but the context is {max_length}: raise --max-length")
-    full = encode_prompts(tokenizer, samples["messages"].to_list(), n, 10**9)
-    prompts = [p[-(max_length - len(c)) :] for p, c in zip(full, completions, strict=True)]
-    truncated = sum(len(p) < len(f) for p, f in zip(prompts, full, strict=True))
-    return Encoded(prompts, completions, truncated)
+    encoded = [
+        encode_prompt(tokenizer, msgs, n, max_length - len(c))
+        for msgs, c in zip(samples["messages"].to_list(), completions, strict=True)
+    ]
+    return Encoded([ids for ids, _ in encoded], completions, sum(cut for _, cut in encoded))
 
 
 def collate(enc: Encoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
