@@ -15,7 +15,7 @@ import pytest
 
 from convrec import artifacts
 from convrec.catalog import normalize_title
-from convrec.data import SPLITS, catalog_path, items_of, split_path
+from convrec.data import SPLITS, catalog_path, split_path
 from convrec.data.catalog_import import catalog_frame, import_catalog, parse_year
 from convrec.data.reddit_v2 import import_reddit_v2
 from convrec.data.redial import import_redial
@@ -24,6 +24,10 @@ from tests.conftest import assert_user_error, run_cli
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent")
+
+
+def items_of(structs: list[dict]) -> list[tuple[str, int | None]]:
+    return [(x["title"], x["year"]) for x in structs]
 
 
 def load_samples(d: Path) -> dict[str, pl.DataFrame]:

@@ -30,9 +30,8 @@ def _losses(run) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_sft_trains_checkpoints_and_generates(setup, tmp_path):
-    run = tmp_path / "run"
-    proc = run_cli(
+def _sft(setup, run, steps: int, *extra: str):
+    return run_cli(
         "sft",
         "--data",
         setup / "data",
@@ -41,11 +40,15 @@ def test_sft_trains_checkpoints_and_generates(setup, tmp_path):
         "--out",
         run,
         "--max-steps",
-        "9",
-        "--keep-last",
-        "3",
+        str(steps),
         *SFT_ARGS,
+        *extra,
     )
+
+
+def test_sft_trains_checkpoints_and_generates(setup, tmp_path):
+    run = tmp_path / "run"
+    proc = _sft(setup, run, 9, "--keep-last", "3")
     assert proc.returncode == 0, proc.stderr
     train_losses = [r["loss"] for r in _losses(run) if "loss" in r]
     assert len(train_losses) == 9 and train_losses[-1] < train_losses[0]
@@ -99,20 +102,7 @@ def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, extra):
 
 def test_lora_trains_adapters_and_saves_plain_models(setup, tmp_path):
     run = tmp_path / "lora"
-    proc = run_cli(
-        "sft",
-        "--data",
-        setup / "data",
-        "--model",
-        setup / "model",
-        "--out",
-        run,
-        "--max-steps",
-        "6",
-        "--lora-r",
-        "4",
-        *SFT_ARGS,
-    )
+    proc = _sft(setup, run, 6, "--lora-r", "4")
     assert proc.returncode == 0, proc.stderr
     losses = [r["loss"] for r in _losses(run) if "loss" in r]
     assert losses[-1] < losses[0]
