@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +193,47 @@ def test_resume_from_corrupt_checkpoint(setup, tmp_path):
     (last / "trainer_state.pt").write_bytes(b"\x00\x01 not a torch file")
     base = ["--data", setup / "data", "--model", setup / "model", "--out", tmp_path / "r", "--max-steps", "1"]
     assert_user_error(run_cli("sft", *base, "--resume"), "corrupt trainer state")
+
+
+def test_zero2_kill_and_resume(setup, tmp_path):
+    """SIGKILL a 2-process ZeRO-2 run after its first checkpoint; --resume reproduces the uninterrupted losses."""
+    import os
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "convrec.cli.main",
+        "sft",
+        "--data",
+        str(setup / "data"),
+        "--model",
+        str(setup / "model"),
+        "--max-steps",
+        "6",
+        "--deepspeed",
+        "ds_configs/zero2.json",
+        *SFT_ARGS,
+    ]
+    cwd = Path(__file__).resolve().parents[1]
+    subprocess.run([*cmd, "--out", str(tmp_path / "full")], check=True, capture_output=True, cwd=cwd, timeout=600)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(run)], cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not (run / "last" / "trainer_state.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+    proc.wait()
+    assert torch.load(run / "last" / "trainer_state.pt", weights_only=False)["step"] == 3
+    resumed = subprocess.run(
+        [*cmd, "--out", str(run), "--resume"], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = [r["loss"] for r in _losses(tmp_path / "full") if "loss" in r]
+    got = [r["loss"] for r in _losses(run) if "loss" in r]
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
