@@ -34,6 +34,7 @@ def run(cmd: list[str]) -> tuple[float, float]:
 def main() -> None:
     from convrec.data.synth import generate
     from convrec.models.tiny import init_model
+    from convrec.train.distributed import torchrun_command
 
     table = Table(title=f"convrec sft benchmark · tiny model · {STEPS} steps · batch 16")
     for col in ("setup", "tokens/s", "wall s", "peak RSS MiB (largest process)"):
@@ -59,20 +60,9 @@ def main() -> None:
         ]
         setups = {
             "1 process": [sys.executable, "-m", "convrec.cli.main", *sft, "--out", str(tmp / "r1")],
-            "2 processes, ZeRO-2 (gloo)": [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nproc_per_node",
-                "2",
-                "-m",
-                "convrec.cli.main",
-                *sft,
-                "--out",
-                str(tmp / "r2"),
-                "--deepspeed",
-                "ds_configs/zero2.json",
-            ],
+            "2 processes, ZeRO-2 (gloo)": torchrun_command(
+                2, *sft, "--out", str(tmp / "r2"), "--deepspeed", "ds_configs/zero2.json"
+            ),
         }
         for name, cmd in setups.items():
             wall, peak = run(cmd)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from convrec.models.load import load_model
+from convrec.train.distributed import torchrun_command
 from tests.conftest import assert_user_error, run_cli
 
 SFT_ARGS = ["--batch-size", "4", "--eval-every", "3", "--val-samples", "6", "--lr", "3e-3", "--seed", "1"]
@@ -127,14 +128,8 @@ def test_sft_bad_input(setup, tmp_path):
 def test_zero2_two_processes_on_cpu(setup, tmp_path):
     """DeepSpeed ZeRO-2, 2 processes, gloo: loss falls, the checkpoint loads in one process and generates."""
     run = tmp_path / "ds"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "convrec.cli.main",
+    cmd = torchrun_command(
+        2,
         "sft",
         "--data",
         str(setup / "data"),
@@ -147,13 +142,13 @@ def test_zero2_two_processes_on_cpu(setup, tmp_path):
         "--deepspeed",
         "ds_configs/zero2.json",
         *SFT_ARGS,
-    ]
+    )
     proc = subprocess.run(
         cmd,
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+        cwd=str(Path(__file__).resolve().parents[1]),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [r["loss"] for r in _losses(run) if "loss" in r]
@@ -199,14 +194,8 @@ def test_zero2_kill_and_resume(setup, tmp_path):
     """SIGKILL a 2-process ZeRO-2 run after its first checkpoint; --resume reproduces the uninterrupted losses."""
     import os
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "convrec.cli.main",
+    cmd = torchrun_command(
+        2,
         "sft",
         "--data",
         str(setup / "data"),
@@ -217,7 +206,7 @@ def test_zero2_kill_and_resume(setup, tmp_path):
         "--deepspeed",
         "ds_configs/zero2.json",
         *SFT_ARGS,
-    ]
+    )
     cwd = Path(__file__).resolve().parents[1]
     subprocess.run([*cmd, "--out", str(tmp_path / "full")], check=True, capture_output=True, cwd=cwd, timeout=600)
     run = tmp_path / "killed"

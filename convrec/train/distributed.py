@@ -77,3 +77,19 @@ def deepspeed_engine(model, optimizer, scheduler, config: dict):
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine
+
+
+def torchrun_command(nproc: int, *convrec_args: str) -> list[str]:
+    """argv that runs `convrec ARGS` in ``nproc`` processes under torchrun (same interpreter)."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "convrec.cli.main",
+        *convrec_args,
+    ]
