@@ -6,13 +6,19 @@ place that asks a model for a list asks it the same way (`prompts.build_messages
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 import torch
 
 from convrec.errors import ConvrecError
 from convrec.prompts import build_messages
+
+if TYPE_CHECKING:
+    from convrec.catalog import Catalog
+    from convrec.constrained import CatalogConstraints, RowConstraint
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,8 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_prompt_tokens: int = 768
+    constrained: bool = False  # catalog-constrained decoding (`convrec.constrained`)
+    exclude_seen: bool = True  # with constrained: never list a title the conversation names
 
 
 def _encode(tokenizer, msgs: list[dict], n_items: int) -> list[int]:
@@ -60,7 +68,16 @@ def encode_prompts(tokenizer, conversations: list[list[dict]], n_items: int, max
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, prompts: list[list[int]], cfg: GenerationConfig, progress=None) -> list[str]:
+def generate_texts(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    cfg: GenerationConfig,
+    progress=None,
+    constraints: CatalogConstraints | None = None,
+    row_constraints: Sequence[RowConstraint] | None = None,
+) -> list[str]:
+    """Decoded completions; with ``constraints``, each prompt's `RowConstraint` shapes its list."""
     model.eval()
     texts: list[str] = []
     pad = tokenizer.pad_token_id
@@ -69,6 +86,12 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], cfg: GenerationCo
         width = max(len(p) for p in batch)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        extra = {}
+        if constraints is not None:
+            from transformers import LogitsProcessorList
+
+            proc = constraints.processor(row_constraints[start : start + cfg.batch_size])
+            extra["logits_processor"] = LogitsProcessorList([proc])
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention,
@@ -78,18 +101,44 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], cfg: GenerationCo
             top_p=cfg.top_p if cfg.do_sample else None,
             pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
+            **extra,
         )
-        texts.extend(tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
+        decoded = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        if constraints is not None:
+            proc.finish(out)
+            # a line cut by the token budget is not a catalog item yet: drop it
+            decoded = [t if proc.complete(r) else t.rpartition("\n")[0] for r, t in enumerate(decoded)]
+        texts.extend(decoded)
         if progress is not None:
             progress(len(batch))
     return texts
 
 
-def generate_predictions(model, tokenizer, samples: pl.DataFrame, cfg: GenerationConfig, progress=None) -> pl.DataFrame:
-    """The predictions artifact (sample_id, text) for every sample; shared conversations run once."""
+def generate_predictions(
+    model, tokenizer, samples: pl.DataFrame, cfg: GenerationConfig, progress=None, catalog: Catalog | None = None
+) -> pl.DataFrame:
+    """The predictions artifact (sample_id, text) for every sample; shared conversations run once.
+
+    ``cfg.constrained`` needs the ``catalog``: every line is then one of its items.
+    """
     convs = samples.unique("conversation_id", keep="first", maintain_order=True)
-    prompts = encode_prompts(tokenizer, convs["messages"].to_list(), cfg.n_items, cfg.max_prompt_tokens)
-    texts = dict(zip(convs["conversation_id"], generate_texts(model, tokenizer, prompts, cfg, progress), strict=True))
+    conversations = convs["messages"].to_list()
+    prompts = encode_prompts(tokenizer, conversations, cfg.n_items, cfg.max_prompt_tokens)
+    constraints, rows = None, None
+    if cfg.constrained:
+        from convrec.constrained import CatalogConstraints
+        from convrec.mentions import MentionFinder
+
+        if catalog is None:
+            raise ConvrecError("constrained generation needs the catalog")
+        constraints = CatalogConstraints(tokenizer, catalog)
+        finder = MentionFinder(catalog) if cfg.exclude_seen else None
+        rows = [
+            constraints.row_constraint(cfg.n_items, finder.rows_in_messages(msgs) if finder else ())
+            for msgs in conversations
+        ]
+    generated = generate_texts(model, tokenizer, prompts, cfg, progress, constraints, rows)
+    texts = dict(zip(convs["conversation_id"], generated, strict=True))
     return pl.DataFrame(
         {"sample_id": samples["sample_id"], "text": [texts[c] for c in samples["conversation_id"]]},
         schema={"sample_id": pl.String, "text": pl.String},

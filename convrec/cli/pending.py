@@ -11,7 +11,6 @@ PENDING = {
     "reflect": "Have an LLM judge re-score the remapped candidates for each conversation.",
     "adjust": "Correct popularity bias with learned per-item weights and biases; write the SFT set.",
     "rl": "Rank-GRPO reinforcement learning (with GRPO and GSPO baselines).",
-    "serve": "Serve a trained recommender over an OpenAI-compatible HTTP API.",
     "demo": "Run the whole ConvRec-R1 pipeline on the embedded synthetic world.",
     "report": "Plot training curves and metrics of runs into PNGs and a summary page.",
 }

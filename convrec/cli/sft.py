@@ -63,6 +63,12 @@ def generate_command(
     temperature: float = typer.Option(1.0, "--temperature"),
     top_p: float = typer.Option(1.0, "--top-p"),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N samples."),
+    constrained: bool = typer.Option(
+        False, "--constrained", help="Catalog-constrained decoding: every line a catalog item, no repeats."
+    ),
+    exclude_seen: bool = typer.Option(
+        True, "--exclude-seen/--keep-seen", help="With --constrained: never list a title the conversation names."
+    ),
 ) -> None:
     """Generate ranked lists for a split (batched, KV cache), writing the predictions schema."""
     from rich.progress import Progress
@@ -82,10 +88,18 @@ def generate_command(
         do_sample=sample,
         temperature=temperature,
         top_p=top_p,
+        constrained=constrained,
+        exclude_seen=exclude_seen,
     )
+    catalog = None
+    if constrained:
+        from convrec.catalog import Catalog
+        from convrec.data import load_catalog
+
+        catalog = Catalog(load_catalog(data))
     with Progress(console=console) as progress:
         task = progress.add_task("generating", total=samples["conversation_id"].n_unique())
-        preds = generate_predictions(mdl, tok, samples, cfg, progress=lambda k: progress.advance(task, k))
+        preds = generate_predictions(mdl, tok, samples, cfg, lambda k: progress.advance(task, k), catalog)
     artifacts.write(
         preds,
         out,

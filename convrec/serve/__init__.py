@@ -1,0 +1,1 @@
+"""`convrec serve`: an OpenAI-compatible recommender server with catalog-constrained decoding."""

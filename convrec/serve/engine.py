@@ -1,0 +1,259 @@
+"""The serving engine: one model, one worker thread, dynamic batching of concurrent requests.
+
+Requests become `Job`s on a queue. The worker takes the first waiting job, waits up to
+``batch_wait_s`` for more (up to ``max_batch``), and runs one `generate` call per group of jobs
+that share sampling settings. Rows differ in everything else: each has its own catalog
+constraint (or none), token budget, deadline and streaming callback; a `StoppingCriteria` stops
+each row on its own budget, deadline or cancellation, so one batch serves them all.
+Results go back to the asyncio side with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from convrec.catalog import Catalog
+from convrec.constrained import CatalogConstraints, RowConstraint
+from convrec.generate import encode_prompt
+from convrec.mentions import MentionFinder
+
+log = logging.getLogger("convrec.serve")
+
+
+class Overloaded(Exception):
+    """The queue is full: the caller answers 503."""
+
+
+@dataclass
+class Job:
+    prompt: list[int]
+    constraint: RowConstraint | None
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    deadline: float  # time.monotonic()
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    on_token: Callable[[int | None], None] | None = None  # streaming: a token id, then None at the end
+    cancelled: bool = False
+    # filled by the worker
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    items: list[int] | None = None  # catalog rows, for constrained jobs
+    complete: bool = True  # constrained: stopped between lines
+    finish_reason: str = "stop"  # "stop" | "length" | "timeout" | "cancelled"
+    batch_size: int = 0
+
+    @property
+    def sampling_key(self) -> tuple:
+        return (self.do_sample, self.temperature, self.top_p) if self.do_sample else (False,)
+
+
+class _LogSoftmax(LogitsProcessor):
+    """Last in the list: keeps the final step distribution so each chosen token gets its log-probability."""
+
+    def __init__(self) -> None:
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.last = torch.log_softmax(scores, dim=-1)
+        return scores
+
+
+class _RowStopper(StoppingCriteria):
+    """Collects each row's tokens (streaming them) and stops a row at EOS, its budget, deadline or cancel."""
+
+    def __init__(self, jobs: list[Job], logp: _LogSoftmax, eos: int) -> None:
+        self.jobs, self.logp, self.eos = jobs, logp, eos
+        self.active = [True] * len(jobs)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        last = input_ids[:, -1:]
+        toks = last.squeeze(1).tolist()
+        lps = self.logp.last.gather(1, last).squeeze(1).tolist() if self.logp.last is not None else [0.0] * len(toks)
+        now = time.monotonic()
+        for r, job in enumerate(self.jobs):
+            if not self.active[r]:
+                continue
+            if toks[r] == self.eos:
+                self._stop(r, "stop")
+                continue
+            job.tokens.append(toks[r])
+            job.logprobs.append(lps[r])
+            if job.on_token is not None:
+                job.on_token(toks[r])
+            if len(job.tokens) >= job.max_new_tokens:
+                self._stop(r, "length")
+            elif job.cancelled:
+                self._stop(r, "cancelled")
+            elif now > job.deadline:
+                self._stop(r, "timeout")
+        return torch.tensor([not a for a in self.active], dtype=torch.bool, device=input_ids.device)
+
+    def _stop(self, r: int, reason: str) -> None:
+        self.active[r] = False
+        self.jobs[r].finish_reason = reason
+
+
+class Engine:
+    """Model + tokenizer + catalog, and the batching worker that serves them."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        catalog: Catalog,
+        *,
+        n_items: int = 20,
+        max_prompt_tokens: int = 768,
+        max_batch: int = 16,
+        batch_wait_s: float = 0.005,
+        max_queue: int = 256,
+    ) -> None:
+        self.model, self.tokenizer, self.catalog = model, tokenizer, catalog
+        self.n_items, self.max_prompt_tokens = n_items, max_prompt_tokens
+        self.max_batch, self.batch_wait_s, self.max_queue = max_batch, batch_wait_s, max_queue
+        self.constraints = CatalogConstraints(tokenizer, catalog)
+        self.mentions = MentionFinder(catalog)
+        self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.batches = 0
+        self.batched_rows = 0
+        self.generated_tokens = 0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the tokenizer is shared by request threads and the worker
+
+    # --- request side (any thread) -------------------------------------------------------------
+    def encode(self, messages: list[dict]) -> list[int]:
+        with self._lock:
+            return encode_prompt(self.tokenizer, messages, self.n_items, self.max_prompt_tokens)[0]
+
+    def decode(self, tokens: list[int]) -> str:
+        with self._lock:
+            return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def submit(self, job: Job) -> None:
+        if self.queue.qsize() >= self.max_queue:
+            raise Overloaded(f"{self.queue.qsize()} requests are waiting; try again shortly")
+        self.queue.put(job)
+
+    def line_scores(self, job: Job) -> list[tuple[str, float]]:
+        """Each output line with the summed log-probability of its tokens (a token belongs to the line it starts in)."""
+        with self._lock:
+            starts = [
+                len(self.tokenizer.decode(job.tokens[:i], skip_special_tokens=True)) for i in range(len(job.tokens))
+            ]
+            text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
+        lines = text.split("\n")
+        scores = [0.0] * len(lines)
+        for start, lp in zip(starts, job.logprobs, strict=True):
+            scores[min(text.count("\n", 0, start), len(lines) - 1)] += lp
+        return list(zip(lines, scores, strict=True))
+
+    # --- worker -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="convrec-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.queue.put(None)
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            until = time.monotonic() + self.batch_wait_s
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    job = self.queue.get(timeout=max(0.0, until - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            groups: dict[tuple, list[Job]] = {}
+            for job in batch:
+                groups.setdefault(job.sampling_key, []).append(job)
+            for jobs in groups.values():
+                try:
+                    self._generate(jobs)
+                except Exception as e:  # a bug must fail these requests, never the worker
+                    log.exception("generation failed")
+                    for job in jobs:
+                        _resolve(job, e)
+            if stop:
+                return
+
+    @torch.no_grad()
+    def _generate(self, jobs: list[Job]) -> None:
+        now = time.monotonic()
+        for job in jobs:
+            if job.cancelled or now > job.deadline:
+                job.finish_reason = "cancelled" if job.cancelled else "timeout"
+                _resolve(job, None)
+        jobs = [j for j in jobs if not (j.cancelled or j.finish_reason == "timeout")]
+        if not jobs:
+            return
+        tok = self.tokenizer
+        pad = tok.pad_token_id
+        width = max(len(j.prompt) for j in jobs)
+        device = self.model.device
+        input_ids = torch.tensor([[pad] * (width - len(j.prompt)) + j.prompt for j in jobs], device=device)
+        attention = torch.tensor([[0] * (width - len(j.prompt)) + [1] * len(j.prompt) for j in jobs], device=device)
+        constrained = any(j.constraint is not None for j in jobs)
+        proc = self.constraints.processor([j.constraint for j in jobs]) if constrained else None
+        logp = _LogSoftmax()
+        stopper = _RowStopper(jobs, logp, tok.eos_token_id)
+        first = jobs[0]
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max(j.max_new_tokens for j in jobs),
+            do_sample=first.do_sample,
+            temperature=first.temperature if first.do_sample else None,
+            top_p=first.top_p if first.do_sample else None,
+            pad_token_id=pad,
+            eos_token_id=tok.eos_token_id,
+            logits_processor=LogitsProcessorList([p for p in (proc, logp) if p is not None]),
+            stopping_criteria=StoppingCriteriaList([stopper]),
+        )
+        if proc is not None:
+            proc.finish(out)
+        self.batches += 1
+        self.batched_rows += len(jobs)
+        for r, job in enumerate(jobs):
+            self.generated_tokens += len(job.tokens)
+            job.batch_size = len(jobs)
+            if proc is not None and job.constraint is not None:
+                job.items = [self.constraints.row_of_item[i] for i in proc.items(r)]
+                job.complete = proc.complete(r)
+            _resolve(job, None)
+
+
+def _resolve(job: Job, error: BaseException | None) -> None:
+    def settle() -> None:
+        if job.on_token is not None:
+            job.on_token(None)
+        if job.future.done():  # the client went away
+            return
+        if error is None:
+            job.future.set_result(job)
+        else:
+            job.future.set_exception(error)
+
+    job.loop.call_soon_threadsafe(settle)

@@ -1,0 +1,57 @@
+"""Request bodies of the HTTP API (OpenAI's field names; unknown fields are ignored, as OpenAI's are)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    # strict: "10" is not a number and 1 is not a boolean; extra fields (user, seed, ...) are ignored
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class ContentPart(_Body):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Body):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, ge=1, le=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    # convrec extensions (the openai client sends them with extra_body=...)
+    constrained: bool = False
+    k: int | None = Field(None, ge=1)
+    exclude_seen: bool = True
+
+
+class RecommendRequest(_Body):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    k: int = Field(10, ge=1)
+    exclude_seen: bool = True
+    constrained: bool = True
