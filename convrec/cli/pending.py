@@ -7,9 +7,6 @@ import typer
 from convrec.cli.common import err_console
 
 PENDING = {
-    "remap": "Project a teacher's free-text lists onto the catalog (lexical + semantic + context).",
-    "reflect": "Have an LLM judge re-score the remapped candidates for each conversation.",
-    "adjust": "Correct popularity bias with learned per-item weights and biases; write the SFT set.",
     "rl": "Rank-GRPO reinforcement learning (with GRPO and GSPO baselines).",
     "demo": "Run the whole ConvRec-R1 pipeline on the embedded synthetic world.",
     "report": "Plot training curves and metrics of runs into PNGs and a summary page.",

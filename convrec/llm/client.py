@@ -1,0 +1,289 @@
+"""An OpenAI-compatible chat client built for batch stages that must finish, resume and not overspend.
+
+- Any model behind any base URL (OpenAI, vLLM, llama.cpp, a test server); the key comes from
+  ``OPENAI_API_KEY`` or the variable named by ``api_key_env`` (local servers get a dummy key).
+- Bounded concurrency with a thread pool: calls are network-bound, and the openai client is sync.
+- Retries on 429, 5xx, timeouts, dropped connections and unreadable bodies, with exponential
+  backoff and jitter (a ``Retry-After`` header is honoured); other 4xx stop the stage at once
+  with one line, since retrying a bad key or model name only burns time.
+- An on-disk response cache keyed by sha256(model, messages, parameters), one JSON file per call
+  written atomically: a rerun or a resumed run never pays twice for an answer it already has.
+- ``max_calls`` caps the HTTP requests a run may send (retries included); the rest come back as
+  not made, and the caller says how to continue.
+- A usage log, one JSON line per request: tokens in/out, latency, attempt, outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from convrec.artifacts import atomic_path
+from convrec.errors import ConvrecError
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+
+
+@dataclass
+class LLMConfig:
+    model: str
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout: float = 60.0  # seconds per request
+    max_retries: int = 6
+    backoff: float = 1.0  # the first retry waits about this long, then it doubles (with jitter)
+    max_backoff: float = 60.0
+    max_calls: int | None = None  # HTTP requests this run may send, retries included
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    usage_log: Path | None = None
+
+    def params(self) -> dict:
+        """What changes an answer, and so belongs in the cache key."""
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CONVREC_CACHE_DIR") or Path.home() / ".cache" / "convrec")
+
+
+@dataclass
+class Answer:
+    text: str | None  # None: no answer (failed after retries, or not sent because of --max-calls)
+    cached: bool = False
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Usage:
+    requests: int = 0  # HTTP requests sent (retries included)
+    answered: int = 0  # fresh answers
+    cached: int = 0
+    retries: int = 0
+    failed: int = 0  # no answer after all retries
+    not_sent: int = 0  # stopped by max_calls
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Fatal(Exception):
+    """A non-retryable API error: stop the whole batch."""
+
+
+class _Budget(Exception):
+    """max_calls reached before this request could be sent."""
+
+
+def cache_key(model: str, messages: Sequence[dict], params: dict) -> str:
+    blob = json.dumps({"model": model, "messages": list(messages), "params": params}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class LLMClient:
+    def __init__(self, cfg: LLMConfig) -> None:
+        self.cfg = cfg
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            if cfg.base_url is None:
+                raise ConvrecError(
+                    f"model '{cfg.model}' needs an API key: set {cfg.api_key_env} (or --api-key-env VAR), "
+                    "or point --base-url at a local OpenAI-compatible server"
+                )
+            key = "EMPTY"  # local servers (vLLM, llama.cpp) accept any key
+        self._key = key
+        self._client = None
+        self._lock = threading.Lock()
+        self.usage = Usage()
+        self.cache_root = Path(cfg.cache_dir) / "llm"
+
+    # -- cache ---------------------------------------------------------------------------------
+    def _cache_file(self, key: str) -> Path:
+        return self.cache_root / key[:2] / f"{key}.json"
+
+    def cached(self, key: str) -> dict | None:
+        f = self._cache_file(key)
+        try:
+            return json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):  # absent, or a file someone truncated: ask again
+            return None
+
+    def _store(self, key: str, record: dict) -> None:
+        with atomic_path(self._cache_file(key)) as tmp:
+            tmp.write_text(json.dumps(record))
+
+    def _log(self, record: dict) -> None:
+        if self.cfg.usage_log is None:
+            return
+        with self._lock:
+            self.cfg.usage_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.cfg.usage_log, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    # -- calls ---------------------------------------------------------------------------------
+    def _openai(self):
+        if self._client is None:
+            from openai import OpenAI
+
+            # retries are ours (jitter, budget, logging), so the SDK's own are off
+            self._client = OpenAI(
+                api_key=self._key, base_url=self.cfg.base_url, timeout=self.cfg.timeout, max_retries=0
+            )
+        return self._client
+
+    def _take_budget(self) -> None:
+        with self._lock:
+            if self.cfg.max_calls is not None and self.usage.requests >= self.cfg.max_calls:
+                raise _Budget
+            self.usage.requests += 1
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        cap = min(self.cfg.max_backoff, self.cfg.backoff * 2**attempt)
+        d = cap / 2 + random.uniform(0, cap / 2)  # equal jitter: spread retries, keep the growth
+        return max(d, min(retry_after or 0.0, self.cfg.max_backoff))
+
+    def _call(self, key: str, messages: list[dict]) -> Answer:
+        import openai
+
+        last = "unknown error"
+        for attempt in range(self.cfg.max_retries + 1):
+            self._take_budget()
+            t0 = time.monotonic()
+            retry_after = None
+            try:
+                resp = self._openai().chat.completions.create(
+                    model=self.cfg.model, messages=messages, **self.cfg.params()
+                )
+                if isinstance(resp, str) or not getattr(resp, "choices", None):
+                    raise ValueError("response without choices")
+                text = resp.choices[0].message.content or ""
+                u = getattr(resp, "usage", None)
+                pin, pout = (u.prompt_tokens or 0, u.completion_tokens or 0) if u else (0, 0)
+                self._store(
+                    key, {"model": self.cfg.model, "text": text, "prompt_tokens": pin, "completion_tokens": pout}
+                )
+                with self._lock:
+                    self.usage.answered += 1
+                    self.usage.prompt_tokens += pin
+                    self.usage.completion_tokens += pout
+                self._log(_record(key, attempt, t0, "ok", pin, pout))
+                return Answer(text, prompt_tokens=pin, completion_tokens=pout)
+            except openai.APIStatusError as e:
+                if e.status_code not in RETRYABLE_STATUS:
+                    self._log(_record(key, attempt, t0, f"http {e.status_code}"))
+                    raise _Fatal(f"model '{self.cfg.model}': HTTP {e.status_code} ({_short(e)})") from None
+                last = f"HTTP {e.status_code}"
+                retry_after = _retry_after(e)
+            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+                last = type(e).__name__
+            except (ValueError, openai.APIResponseValidationError, openai.APIError) as e:
+                last = f"unreadable response ({type(e).__name__})"
+            self._log(_record(key, attempt, t0, last))
+            if attempt < self.cfg.max_retries:
+                with self._lock:
+                    self.usage.retries += 1
+                time.sleep(self._delay(attempt, retry_after))
+        with self._lock:
+            self.usage.failed += 1
+        return Answer(None, error=f"no answer after {self.cfg.max_retries + 1} attempts (last: {last})")
+
+    def complete_many(
+        self, requests: Sequence[list[dict]], *, desc: str = "LLM calls", progress: bool = True
+    ) -> list[Answer]:
+        """One answer per request, in order: cached ones first, the rest through the pool."""
+        keys = [cache_key(self.cfg.model, m, self.cfg.params()) for m in requests]
+        out: list[Answer | None] = [None] * len(requests)
+        todo: dict[str, list[int]] = {}  # identical requests are sent once
+        for i, k in enumerate(keys):
+            hit = self.cached(k)
+            if hit is not None:
+                out[i] = Answer(hit["text"], cached=True)
+                self.usage.cached += 1
+            else:
+                todo.setdefault(k, []).append(i)
+        if todo:
+            self._run(todo, requests, out, desc, progress)
+        return [a if a is not None else Answer(None, error="not sent") for a in out]
+
+    def _run(self, todo: dict[str, list[int]], requests, out: list, desc: str, progress: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with (
+            Progress(*cols, disable=not progress) as bar,
+            ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool,
+        ):
+            task = bar.add_task(desc, total=len(todo))
+            futures = {pool.submit(self._call_or_budget, k, requests[idx[0]]): k for k, idx in todo.items()}
+            try:
+                for fut in as_completed(futures):
+                    ans = fut.result()
+                    for i in todo[futures[fut]]:
+                        out[i] = ans
+                    bar.advance(task)
+            except _Fatal as e:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise ConvrecError(str(e)) from None
+
+    def _call_or_budget(self, key: str, messages: list[dict]) -> Answer:
+        try:
+            return self._call(key, messages)
+        except _Budget:
+            with self._lock:
+                self.usage.not_sent += 1
+            return Answer(None, error="not sent: --max-calls reached")
+
+
+def _record(key: str, attempt: int, t0: float, outcome: str, pin: int = 0, pout: int = 0) -> dict:
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "key": key[:16],
+        "attempt": attempt,
+        "outcome": outcome,
+        "latency_s": round(time.monotonic() - t0, 3),
+        "prompt_tokens": pin,
+        "completion_tokens": pout,
+    }
+
+
+def _retry_after(e) -> float | None:
+    try:
+        return float(e.response.headers.get("retry-after"))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _short(e) -> str:
+    msg = str(getattr(e, "message", e)).splitlines()[0] if str(e) else type(e).__name__
+    return msg[:160]
+
+
+def require_all(answers: Sequence[Answer], usage: Usage, what: str) -> None:
+    """Stop the stage when some requests got no answer; what did arrive is cached for the rerun."""
+    missing = sum(a.text is None for a in answers)
+    if not missing:
+        return
+    done = len(answers) - missing
+    if usage.not_sent:
+        raise ConvrecError(
+            f"{what}: --max-calls reached with {missing:,} of {len(answers):,} requests unanswered "
+            f"({done:,} answered and cached); rerun, with a higher --max-calls, to continue"
+        )
+    raise ConvrecError(
+        f"{what}: {missing:,} of {len(answers):,} requests failed after all retries ({done:,} answered and cached); "
+        "rerun to retry only the missing ones"
+    )

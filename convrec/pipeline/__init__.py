@@ -1,0 +1,1 @@
+"""Stage 1: teacher lists -> remap -> reflect -> adjust -> SFT set (see PAPER.md, "Stage 1")."""

@@ -1,0 +1,271 @@
+"""Remap: project a teacher's free-text lists onto the catalog.
+
+    s_remap = pᵀ (S + I) + λ · s_context,   p_k = 1/√k
+
+p is the teacher's list (k-th parsed line weighs 1/√k); I[u, v] = 1 when teacher item u is
+catalog item v, decided by the one catalog matcher (exact, then rapidfuzz for misspellings, with
+the year penalty); S[u, v] = cos(e_u, e_v) of item-text embeddings; s_context[v] = cos(conversation,
+item v). Item texts: catalog items from their metadata; a teacher item the matcher resolved *is*
+that catalog item, so it uses the item's text; the rest use their title (or a one-line description
+from the teacher with ``describe``).
+
+Vectorised by linearity: pᵀ S = (pᵀ E_T) E_Cᵀ, so the semantic and context parts of a whole batch
+of conversations are one matrix product, (P E_T + λ E_conv) E_Cᵀ, and the exact part is a sparse
+product P I. S itself is never materialised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from convrec.catalog import Catalog
+from convrec.listfmt import parse_list
+from convrec.pipeline.common import (
+    conversation_text,
+    conversations,
+    item_texts,
+    pack_candidates,
+    seen_mask_rows,
+    top_lists,
+    topk_rows,
+)
+from convrec.pipeline.embed import Embedder
+from convrec.pipeline.teachers import TeacherOutput
+
+MAX_LINES = 100  # a runaway answer does not get to spread its score over hundreds of titles
+
+
+@dataclass
+class RemapConfig:
+    n: int = 20  # teacher list length asked for, and the length of the output lists
+    top_m: int = 200  # candidates kept per conversation (reflect rates the first N_r of them)
+    lam: float = 1.0
+    fuzzy_cutoff: float = 85.0
+    batch_size: int = 512
+
+
+@dataclass
+class RemapStats:
+    conversations: int = 0
+    samples: int = 0
+    unparseable: int = 0  # answers with no parseable line (kept; such a conversation is scored by context only)
+    lines: int = 0
+    exact: int = 0
+    fuzzy: int = 0
+    unmatched: int = 0  # out of catalog for the matcher: reach the catalog through S only
+    meant_lines: int = 0  # synthetic teacher: lines that meant a catalog item
+    recovered: int = 0  # ... whose strongest remap target is that item
+    recovered_by_matcher: int = 0
+    meant_misaligned: int = 0  # answers whose parsed lines did not line up with the written ones
+    meant_in_top: int = 0  # meant items (not seen) in the remap top-n
+    meant_total: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def recovery(self) -> float:
+        return self.recovered / self.meant_lines if self.meant_lines else float("nan")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["recovery"] = self.recovery
+        return d
+
+
+def rank_weights(k: int) -> np.ndarray:
+    """p_k = 1/√k for k = 1..K."""
+    return 1.0 / np.sqrt(np.arange(1, k + 1, dtype=np.float64))
+
+
+def remap_parts(
+    p: sp.csr_matrix, exact: sp.csr_matrix, e_teacher: np.ndarray, e_conv: np.ndarray, e_cat: np.ndarray, lam: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(exact, semantic, context) parts of s_remap for a batch: pᵀI, pᵀS, λ·s_context, each (B, |C|)."""
+    ex = np.asarray((p @ exact).todense(), dtype=np.float32)
+    sem = np.asarray(p @ e_teacher, dtype=np.float32) @ e_cat.T
+    ctx = lam * (e_conv @ e_cat.T)
+    return ex, sem, ctx.astype(np.float32, copy=False)
+
+
+@dataclass
+class Grounded:
+    """Every distinct teacher item of the run, resolved once."""
+
+    keys: list[tuple[str, int | None]]
+    rows: np.ndarray  # catalog row, -1 when the matcher found none
+    kinds: list[str]  # exact | fuzzy | none
+    lists: list[np.ndarray]  # per conversation: indices into keys, in list order
+
+
+def ground(texts: list[str], catalog: Catalog, cutoff: float) -> tuple[Grounded, list[int]]:
+    """Parse every answer and resolve the distinct items with the shared matcher."""
+    index: dict[tuple[str, int | None], int] = {}
+    lists, unparseable = [], []
+    for i, text in enumerate(texts):
+        items = parse_list(text)[:MAX_LINES]
+        if not items:
+            unparseable.append(i)
+        lists.append(np.fromiter((index.setdefault(it, len(index)) for it in items), dtype=np.int64))
+    keys = list(index)
+    matches = catalog.match([t for t, _ in keys], [y for _, y in keys], cutoff=cutoff)
+    rows = np.array([m.row for m in matches], dtype=np.int64)
+    return Grounded(keys, rows, [m.kind for m in matches], lists), unparseable
+
+
+def list_matrix(lists: list[np.ndarray], n_keys: int) -> sp.csr_matrix:
+    """P: conversations x distinct teacher items, p_k = 1/√k at each list position (repeats add up)."""
+    lengths = [len(x) for x in lists]
+    weights = rank_weights(max(lengths, default=0))
+    data = np.concatenate([weights[:n] for n in lengths]) if lists else np.zeros(0)
+    indices = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    m = sp.csr_matrix((data, indices, indptr), shape=(len(lists), n_keys))
+    m.sum_duplicates()
+    return m
+
+
+def run(
+    samples: pl.DataFrame,
+    teacher: TeacherOutput,
+    catalog: Catalog,
+    embedder: Embedder,
+    cfg: RemapConfig,
+    *,
+    describe: Callable[[list[tuple[str, int | None]]], dict] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame, RemapStats]:
+    """(remap frame per sample, the teacher's raw lists per sample, stats). ``teacher`` answers the
+    rows of `conversations(samples)` in order."""
+    convs = conversations(samples)
+    stats = RemapStats(conversations=convs.height, samples=samples.height)
+    g, unparseable = ground(teacher.texts, catalog, cfg.fuzzy_cutoff)
+    stats.unparseable = len(unparseable)
+    for lst in g.lists:
+        stats.lines += len(lst)
+        kinds = [g.kinds[u] for u in lst]
+        stats.exact += kinds.count("exact")
+        stats.fuzzy += kinds.count("fuzzy")
+        stats.unmatched += kinds.count("none")
+
+    e_cat = embedder.catalog(item_texts(catalog))
+    e_teacher = np.zeros((len(g.keys), e_cat.shape[1]), dtype=np.float32)
+    matched = g.rows >= 0
+    e_teacher[matched] = e_cat[g.rows[matched]]
+    loose = np.flatnonzero(~matched)
+    if len(loose):
+        descriptions = describe([g.keys[u] for u in loose]) if describe else {}
+        texts = []
+        for u in loose:
+            t, y = g.keys[u]
+            label = f"{t} ({y})" if y is not None else t
+            d = descriptions.get((t, y))
+            texts.append(f"{label}. {d}" if d else label)
+        e_teacher[loose] = embedder.texts(texts, "embedding out-of-catalog teacher items")
+    e_conv = embedder.texts([conversation_text(m) for m in convs["messages"].to_list()], "embedding conversations")
+
+    exact = sp.csr_matrix(
+        (np.ones(int(matched.sum())), (np.flatnonzero(matched), g.rows[matched])), shape=(len(g.keys), len(catalog))
+    )
+    p = list_matrix(g.lists, len(g.keys))
+    seen = seen_mask_rows(catalog, convs["seen"])
+    m = min(cfg.top_m, len(catalog))
+    all_rows = np.full((convs.height, m), -1, dtype=np.int64)
+    parts = {k: np.full((convs.height, m), np.nan, dtype=np.float32) for k in ("score", "exact", "semantic", "context")}
+    for start in range(0, convs.height, cfg.batch_size):
+        sl = slice(start, min(start + cfg.batch_size, convs.height))
+        ex, sem, ctx = remap_parts(p[sl], exact, e_teacher, e_conv[sl], e_cat, cfg.lam)
+        total = ex + sem + ctx
+        for i, s in enumerate(seen[sl]):
+            total[i, s] = -np.inf  # a seen item is never a recommendation
+        top = topk_rows(total, m)
+        ok = top >= 0
+        safe = np.where(ok, top, 0)
+        all_rows[sl, : top.shape[1]] = top
+        for name, arr in (("score", total), ("exact", ex), ("semantic", sem), ("context", ctx)):
+            vals = np.take_along_axis(arr, safe, axis=1)
+            parts[name][sl, : top.shape[1]] = np.where(ok, vals, np.nan)
+
+    if teacher.meant is not None:
+        _recovery(stats, g, teacher.meant, e_teacher, e_cat, catalog, all_rows, seen, cfg.n)
+
+    conv_frame = convs.select("conversation_id").with_columns(
+        pack_candidates(all_rows, parts, catalog),
+        pl.Series("teacher_lines", [len(x) for x in g.lists], dtype=pl.Int32),
+        pl.Series("teacher_exact", [sum(g.kinds[u] == "exact" for u in x) for x in g.lists], dtype=pl.Int32),
+        pl.Series("teacher_fuzzy", [sum(g.kinds[u] == "fuzzy" for u in x) for x in g.lists], dtype=pl.Int32),
+        pl.Series("unparseable", [len(x) == 0 for x in g.lists]),
+    )
+    items, texts = top_lists(all_rows, catalog, cfg.n)
+    conv_frame = conv_frame.with_columns(
+        pl.Series("items", items, dtype=pl.List(pl.Struct({"title": pl.String, "year": pl.Int64}))),
+        pl.Series("text", texts),
+    )
+    out = samples.select("sample_id", "conversation_id", "messages", "seen").join(
+        conv_frame, on="conversation_id", how="left", maintain_order="left"
+    )
+    raw_conv = convs.select("conversation_id").with_columns(
+        pl.Series("text", teacher.texts),
+        pl.Series(
+            "items",
+            [[{"title": g.keys[u][0], "year": g.keys[u][1]} for u in x] for x in g.lists],
+            dtype=pl.List(pl.Struct({"title": pl.String, "year": pl.Int64})),
+        ),
+        pl.Series("match", [[g.kinds[u] for u in x] for x in g.lists], dtype=pl.List(pl.String)),
+    )
+    if teacher.meant is not None:
+        raw_conv = raw_conv.with_columns(pl.Series("meant_item_ids", teacher.meant, dtype=pl.List(pl.String)))
+    raw = samples.select("sample_id", "conversation_id").join(
+        raw_conv, on="conversation_id", how="left", maintain_order="left"
+    )
+    return out, raw, stats
+
+
+def _recovery(
+    stats: RemapStats,
+    g: Grounded,
+    meant: list[list[str | None]],
+    e_teacher: np.ndarray,
+    e_cat: np.ndarray,
+    catalog: Catalog,
+    top_rows: np.ndarray,
+    seen: list[np.ndarray],
+    n: int,
+) -> None:
+    """Share of teacher lines whose strongest remap target, argmax_v (I + S)[u, v], is the item meant;
+    and share of meant (unseen) items that made the remap top-n."""
+    target = g.rows.copy()
+    loose = np.flatnonzero(target < 0)
+    for start in range(0, len(loose), 4096):
+        idx = loose[start : start + 4096]
+        target[idx] = (e_teacher[idx] @ e_cat.T).argmax(axis=1)
+    row_of = catalog.row_of_id
+    for i, (lst, mt) in enumerate(zip(g.lists, meant, strict=True)):
+        if len(lst) != len(mt):
+            stats.meant_misaligned += 1
+            continue
+        for u, item in zip(lst, mt, strict=True):
+            if item is None or item not in row_of:
+                continue
+            r = row_of[item]
+            stats.meant_lines += 1
+            stats.recovered += int(target[u] == r)
+            stats.recovered_by_matcher += int(g.rows[u] == r)
+        want = {row_of[x] for x in mt if x is not None and x in row_of} - set(seen[i].tolist())
+        top = set(top_rows[i][top_rows[i] >= 0][:n].tolist())
+        stats.meant_total += len(want)
+        stats.meant_in_top += len(want & top)
+
+
+def sample_fraction(samples: pl.DataFrame, fraction: float, seed: int) -> pl.DataFrame:
+    """A seeded subset of whole conversations (the paper distils 25 % of the training set)."""
+    if fraction >= 1.0:
+        return samples
+    ids = samples["conversation_id"].unique(maintain_order=True).to_list()
+    rng = np.random.default_rng(seed)
+    keep = set(rng.permutation(len(ids))[: max(1, math.ceil(fraction * len(ids)))].tolist())
+    chosen = [c for i, c in enumerate(ids) if i in keep]
+    return samples.filter(pl.col("conversation_id").is_in(chosen))

@@ -1,0 +1,219 @@
+"""Teachers: who writes the free-text lists that remap grounds in the catalog.
+
+- ``openai``: any chat model behind the OpenAI-compatible client, asked with the one prompt builder.
+- ``cooc``: the co-occurrence baseline written out as text (offline). On the train split it is
+  fitted k-fold, so a conversation's list never comes from a model that saw its own answer.
+- ``synthetic``: on a synthetic world, an imitation of a real LLM. It believes a noisy version of
+  the user's latent taste, over-weights popular items, and writes its list the way LLMs do:
+  numbering, preambles, misspellings, missing or wrong years, "X, The", invented titles that are
+  in no catalog, now and then a refusal with no list at all. It records the catalog item it meant
+  on every line, so remap's recovery can be measured.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from convrec.catalog import Catalog, normalize_title
+from convrec.errors import ConvrecError
+from convrec.listfmt import format_item
+from convrec.llm.client import LLMClient, LLMConfig, Usage, require_all
+from convrec.prompts import build_messages
+
+OFFLINE_TEACHERS = ("cooc", "synthetic")
+
+
+@dataclass
+class TeacherOutput:
+    texts: list[str]  # one raw answer per conversation
+    meant: list[list[str | None]] | None = None  # synthetic only: item_id meant by each written line
+    usage: Usage | None = None
+
+
+def answer(
+    name: str,
+    convs: pl.DataFrame,
+    *,
+    data: Path,
+    split: str,
+    catalog: Catalog,
+    n: int,
+    seed: int,
+    llm: LLMConfig | None = None,
+) -> TeacherOutput:
+    """Lists for each conversation row of ``convs`` (columns conversation_id, messages, seen)."""
+    if name == "cooc":
+        return _cooc(convs, data=data, split=split, catalog=catalog, n=n, seed=seed)
+    if name == "synthetic":
+        return _synthetic(convs, data=data, catalog=catalog, n=n, seed=seed)
+    if llm is None:
+        raise ConvrecError(f"teacher '{name}' is a model name and needs the LLM client settings")
+    client = LLMClient(llm)
+    requests = [build_messages(m, n) for m in convs["messages"].to_list()]
+    answers = client.complete_many(requests, desc=f"teacher {name}")
+    require_all(answers, client.usage, f"teacher {name}")
+    return TeacherOutput([a.text or "" for a in answers], usage=client.usage)
+
+
+def _cooc(convs: pl.DataFrame, *, data: Path, split: str, catalog: Catalog, n: int, seed: int) -> TeacherOutput:
+    from convrec.baselines import cooc
+    from convrec.data import load_split
+
+    train = load_split(data, "train")
+    if split != "train":
+        preds = cooc.recommend(train, convs, catalog, n=n)
+        return TeacherOutput(preds["text"].to_list())
+    # k-fold by conversation: the teacher never saw the answers of the conversation it answers
+    folds = 5
+    fold_of = {c: zlib.crc32(f"{seed}:{c}".encode()) % folds for c in train["conversation_id"].unique().to_list()}
+    train = train.with_columns(pl.col("conversation_id").replace_strict(fold_of, return_dtype=pl.Int64).alias("_fold"))
+    convs = convs.with_columns(
+        pl.col("conversation_id")
+        .map_elements(lambda c: fold_of.get(c, zlib.crc32(f"{seed}:{c}".encode()) % folds), return_dtype=pl.Int64)
+        .alias("_fold")
+    )
+    texts: dict[str, str] = {}
+    for f in range(folds):
+        part = convs.filter(pl.col("_fold") == f)
+        if part.height == 0:
+            continue
+        preds = cooc.recommend(train.filter(pl.col("_fold") != f).drop("_fold"), part.drop("_fold"), catalog, n=n)
+        texts.update(zip(part["conversation_id"].to_list(), preds["text"].to_list(), strict=True))
+    return TeacherOutput([texts[c] for c in convs["conversation_id"].to_list()])
+
+
+# -- synthetic ---------------------------------------------------------------------------------
+TASTE_NOISE = 0.35  # share of the believed taste that is the teacher's own guess
+POP_BIAS = 0.6  # extra log-popularity weight: LLMs over-recommend the famous
+P_REFUSAL = 0.02
+P_INVENTED = 0.08
+P_MISSPELL = 0.15
+P_ARTICLE = 0.5  # of titles starting with "The"
+P_NO_YEAR = 0.08
+P_YEAR_OFF = 0.12  # half within the metrics' tolerance, half beyond it
+REFUSALS = [
+    "I'm sorry, but I can't browse a catalog right now. Could you tell me more about what you like?",
+    "There are so many great options depending on your mood, so it is hard to pick just a few.",
+]
+PREAMBLES = ["Here are some movies you might enjoy:", "Sure! Based on what you said, try these:", ""]
+
+
+def _misspell(rng: np.random.Generator, title: str) -> str:
+    words = title.split(" ")
+    long = [i for i, w in enumerate(words) if len(w) >= 4 and w.isalpha()]
+    if not long:
+        return title
+    i = long[int(rng.integers(len(long)))]
+    w = list(words[i])
+    j = int(rng.integers(1, len(w) - 1))
+    kind = int(rng.integers(3))
+    if kind == 0:
+        w[j], w[j + 1] = w[j + 1], w[j]  # swap
+    elif kind == 1:
+        del w[j]  # drop
+    else:
+        w.insert(j, w[j])  # double
+    words[i] = "".join(w)
+    return " ".join(words)
+
+
+def _invent(rng: np.random.Generator, taken: set[str]) -> tuple[str, int]:
+    from convrec.data.synth import ADJ, NOUN
+
+    for _ in range(100):
+        title = f"{ADJ[int(rng.integers(len(ADJ)))]} {NOUN[int(rng.integers(len(NOUN)))]} Rising"
+        if normalize_title(title) not in taken:
+            return title, int(rng.integers(1960, 2024))
+    return "A Film Nobody Made", 2001
+
+
+def _synthetic(convs: pl.DataFrame, *, data: Path, catalog: Catalog, n: int, seed: int) -> TeacherOutput:
+    from convrec.baselines import resolve_rows
+    from convrec.data.synth import answer_logits, world_from_catalog
+
+    latent_path = Path(data) / "latent.parquet"
+    if not latent_path.exists():
+        raise ConvrecError(
+            f"--teacher synthetic needs {latent_path}: it imitates an LLM on a world made by 'convrec data synth'"
+        )
+    if "genres" not in catalog.df.columns or "popularity" not in catalog.df.columns:
+        raise ConvrecError("--teacher synthetic needs a synthetic catalog (genres and popularity columns)")
+    world = world_from_catalog(catalog.df)
+    latent = pl.read_parquet(latent_path).with_columns(
+        pl.col("sample_id").str.replace(r"-\d+$", "").alias("conversation_id")
+    )
+    taste_of = dict(zip(latent["conversation_id"].to_list(), latent["taste"].to_list(), strict=False))
+    missing = [c for c in convs["conversation_id"].to_list() if c not in taste_of]
+    if missing:
+        raise ConvrecError(f"--teacher synthetic: conversation '{missing[0]}' has no latent taste in {latent_path}")
+    taken = set(catalog.norm)
+    seen_rows = resolve_rows(catalog, convs["seen"])
+    ids = catalog.item_ids
+    texts, meant = [], []
+    for conv_id, seen in zip(convs["conversation_id"].to_list(), seen_rows, strict=True):
+        rng = np.random.default_rng([seed, zlib.crc32(conv_id.encode())])
+        if rng.random() < P_REFUSAL:
+            texts.append(REFUSALS[int(rng.integers(len(REFUSALS)))])
+            meant.append([])
+            continue
+        taste = np.asarray(taste_of[conv_id])
+        belief = (1 - TASTE_NOISE) * taste + TASTE_NOISE * rng.dirichlet(np.full(len(taste), 0.5))
+        logits = answer_logits(world, belief) + POP_BIAS * world.log_pop + rng.gumbel(size=len(ids))
+        logits[seen] = -np.inf
+        k = n - (int(rng.integers(1, 4)) if rng.random() < 0.1 else 0)  # sometimes a short list
+        rows = np.argsort(-logits)[:k]
+        lines, line_meant = [], []
+        for r in rows:
+            if rng.random() < P_INVENTED:
+                lines.append(format_item(*_invent(rng, taken)))
+                line_meant.append(None)
+                continue
+            title, year = catalog.titles[r], catalog.years[r]
+            if rng.random() < P_MISSPELL:
+                title = _misspell(rng, title)
+            if title.startswith("The ") and rng.random() < P_ARTICLE:
+                title = f"{title[4:]}, The"
+            u = rng.random()
+            if u < P_NO_YEAR:
+                year = None
+            elif u < P_NO_YEAR + P_YEAR_OFF:
+                year = year + int(rng.choice([-1, 1])) * int(
+                    rng.integers(1, 3) if rng.random() < 0.5 else rng.integers(3, 7)
+                )
+            lines.append(format_item(title, year))
+            line_meant.append(ids[r])
+        style = rng.random()
+        if style < 0.4:
+            lines = [f"{i}. {ln}" for i, ln in enumerate(lines, 1)]
+        elif style < 0.55:
+            lines = [f"- **{ln}**" for ln in lines]
+        preamble = PREAMBLES[int(rng.integers(len(PREAMBLES)))]
+        texts.append("\n".join([preamble, *lines] if preamble else lines))
+        meant.append(line_meant)
+    return TeacherOutput(texts, meant=meant)
+
+
+def describe_items(keys: list[tuple[str, int | None]], llm: LLMConfig) -> dict[tuple[str, int | None], str]:
+    """One-sentence descriptions (genres, keywords, plot) of teacher items the catalog lacks, for
+    their remap embedding; cached like every other call."""
+    if not keys:
+        return {}
+    client = LLMClient(llm)
+    requests = [
+        [
+            {
+                "role": "user",
+                "content": f"In one sentence, describe the movie {format_item(t, y)}: its genres, "
+                "a few keywords and the plot. Answer with the sentence only.",
+            }
+        ]
+        for t, y in keys
+    ]
+    answers = client.complete_many(requests, desc="describing out-of-catalog items")
+    require_all(answers, client.usage, "--describe")
+    return {k: (a.text or "").strip().split("\n")[0][:400] for k, a in zip(keys, answers, strict=True)}
