@@ -129,11 +129,11 @@ def fit(
         opt.zero_grad()
         loss = cfg.l2 * (((w - 1) ** 2).sum() + (b**2).sum())
         loss.backward()
-        total = float(loss)
+        total = loss.item()
         for c in chunks:  # one chunk's graph at a time
             part = -log_likelihood(c.s, c.mask, c.gt, w, b)
             part.backward()
-            total += float(part)
+            total += part.item()
         return torch.tensor(total)
 
     opt.step(closure)

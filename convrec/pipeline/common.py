@@ -59,7 +59,7 @@ def conversation_text(messages: Sequence[dict]) -> str:
 def conversations(samples: pl.DataFrame) -> pl.DataFrame:
     """One row per conversation (its first sample's messages and seen items), in first-seen order."""
     return samples.unique("conversation_id", keep="first", maintain_order=True).select(
-        "conversation_id", "messages", "seen"
+        "sample_id", "conversation_id", "messages", "seen"
     )
 
 

@@ -25,7 +25,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from convrec.catalog import Catalog
-from convrec.listfmt import parse_list
+from convrec.listfmt import parse_lines
 from convrec.pipeline.common import (
     conversation_text,
     conversations,
@@ -102,12 +102,21 @@ class Grounded:
     lists: list[np.ndarray]  # per conversation: indices into keys, in list order
 
 
+def teacher_items(text: str | None) -> list[tuple[str, int | None]]:
+    """The items of a teacher answer. When some lines are numbered or bulleted, the unmarked ones are
+    prose around the list ("Sure!", "Enjoy!") even if short enough to pass for a title."""
+    lines = [ln for ln in parse_lines(text) if ln.item is not None]
+    if any(ln.marked for ln in lines):
+        lines = [ln for ln in lines if ln.marked]
+    return [ln.item for ln in lines]
+
+
 def ground(texts: list[str], catalog: Catalog, cutoff: float) -> tuple[Grounded, list[int]]:
     """Parse every answer and resolve the distinct items with the shared matcher."""
     index: dict[tuple[str, int | None], int] = {}
     lists, unparseable = [], []
     for i, text in enumerate(texts):
-        items = parse_list(text)[:MAX_LINES]
+        items = teacher_items(text)[:MAX_LINES]
         if not items:
             unparseable.append(i)
         lists.append(np.fromiter((index.setdefault(it, len(index)) for it in items), dtype=np.int64))

@@ -1,0 +1,164 @@
+"""The OpenAI-compatible client against a real loopback server that fails ~30 % of requests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from convrec import artifacts
+from convrec.errors import ConvrecError
+from convrec.llm.client import LLMClient, LLMConfig, require_all
+from tests.conftest import assert_user_error, run_cli
+from tests.fake_openai import FlakyServer
+from tests.stage1_data import small_world
+
+TITLES = [f"Film Number {i} ({1950 + i})" for i in range(40)]
+
+
+def _cfg(server: FlakyServer, cache: Path, **kw) -> LLMConfig:
+    base = dict(
+        model="fake-gpt",
+        base_url=server.base_url,
+        api_key_env="CONVREC_TEST_NO_SUCH_KEY",
+        concurrency=8,
+        timeout=0.5,
+        max_retries=12,
+        backoff=0.01,
+        max_backoff=0.05,
+        cache_dir=cache,
+        usage_log=cache / "usage.jsonl",
+    )
+    return LLMConfig(**{**base, **kw})
+
+
+def _requests(n: int) -> list[list[dict]]:
+    return [[{"role": "user", "content": f"conversation {i}: recommend 20 movies"}] for i in range(n)]
+
+
+def test_retries_through_faults_and_a_rerun_pays_nothing(tmp_path: Path) -> None:
+    with FlakyServer(TITLES, fail=0.3, hang_s=0.8) as server:
+        client = LLMClient(_cfg(server, tmp_path))
+        answers = client.complete_many(_requests(60), progress=False)
+        require_all(answers, client.usage, "test")
+        assert all(a.text is not None and not a.cached for a in answers)
+        faults = sum(server.counts.get(k, 0) for k in ("429", "500", "hang", "garbage body"))
+        assert faults >= 10, server.counts  # the server really failed, the client really retried
+        assert client.usage.retries == faults
+        assert client.usage.answered == 60
+        assert client.usage.prompt_tokens > 0 and client.usage.completion_tokens > 0
+        log = [json.loads(x) for x in (tmp_path / "usage.jsonl").read_text().splitlines()]
+        assert len(log) == server.requests
+        assert {r["outcome"] for r in log} >= {"ok", "HTTP 429", "HTTP 500"}
+        assert sum(r["prompt_tokens"] for r in log) == client.usage.prompt_tokens
+
+        before = server.requests
+        again = LLMClient(_cfg(server, tmp_path))
+        answers2 = again.complete_many(_requests(60), progress=False)
+        assert server.requests == before  # zero new calls
+        assert [a.text for a in answers2] == [a.text for a in answers]
+        assert all(a.cached for a in answers2)
+
+
+def test_max_calls_stops_and_the_rerun_continues(tmp_path: Path) -> None:
+    with FlakyServer(TITLES, fail=0.0, garbage=0.0) as server:
+        client = LLMClient(_cfg(server, tmp_path, max_calls=5, concurrency=2))
+        answers = client.complete_many(_requests(20), progress=False)
+        assert server.requests == 5
+        assert sum(a.text is not None for a in answers) == 5
+        with pytest.raises(ConvrecError, match="--max-calls reached with 15 of 20"):
+            require_all(answers, client.usage, "teacher")
+        rest = LLMClient(_cfg(server, tmp_path))
+        answers = rest.complete_many(_requests(20), progress=False)
+        require_all(answers, rest.usage, "teacher")
+        assert server.requests == 20 and rest.usage.cached == 5
+
+
+def test_a_bad_key_stops_at_once_with_one_line(tmp_path: Path) -> None:
+    with FlakyServer(TITLES) as server:
+        server.status = 401
+        client = LLMClient(_cfg(server, tmp_path))
+        with pytest.raises(ConvrecError, match="HTTP 401"):
+            client.complete_many(_requests(30), progress=False)
+        assert server.requests < 30  # no retries on a 4xx, the pool is cancelled
+
+
+def test_identical_requests_are_sent_once(tmp_path: Path) -> None:
+    with FlakyServer(TITLES, fail=0.0, garbage=0.0) as server:
+        client = LLMClient(_cfg(server, tmp_path))
+        answers = client.complete_many(_requests(3) * 4, progress=False)
+        assert server.requests == 3 and len(answers) == 12
+
+
+def test_missing_key_without_base_url_is_a_user_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("CONVREC_TEST_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ConvrecError, match="CONVREC_TEST_NO_SUCH_KEY"):
+        LLMClient(LLMConfig(model="gpt-4o", api_key_env="CONVREC_TEST_NO_SUCH_KEY", cache_dir=tmp_path))
+
+
+def test_remap_and_reflect_against_a_flaky_server(tmp_path: Path, stage1_cache: Path) -> None:
+    """Real CLI: every conversation is present despite 30 % failures; a rerun makes zero new calls."""
+    data = small_world(tmp_path / "data")
+    titles = [f"{t} ({y})" for t, y in pl.read_parquet(data / "catalog.parquet").select("title", "year").iter_rows()]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "embeddings").symlink_to(stage1_cache / "embeddings", target_is_directory=True)
+    flags = ["--base-url", None, "--api-key-env", "CONVREC_TEST_NO_SUCH_KEY", "--timeout", "0.5"]
+    flags += ["--backoff", "0.01", "--max-retries", "12", "--cache-dir", str(cache)]
+    with FlakyServer(titles, fail=0.3, hang_s=0.8) as server:
+        flags[1] = server.base_url
+        remap = ["remap", "--data", data, "--teacher", "fake-gpt", "--out", tmp_path / "remap.parquet"]
+        proc = run_cli(*remap, "--raw-out", tmp_path / "teacher.parquet", *flags)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        faults = sum(server.counts.get(k, 0) for k in ("429", "500", "hang", "garbage body"))
+        assert faults > 0, server.counts
+        train = pl.read_parquet(data / "train.parquet")
+        out = artifacts.read(tmp_path / "remap.parquet", "predictions")
+        raw = artifacts.read(tmp_path / "teacher.parquet", "predictions")
+        assert set(out["sample_id"]) == set(train["sample_id"]) == set(raw["sample_id"])
+        assert out["items"].list.len().min() == 20  # every conversation got a full catalog list
+        refusals = server.counts.get("unparseable answer", 0)
+        assert refusals > 0 and raw.filter(pl.col("items").list.len() == 0)["text"].str.contains("sorry").all()
+        assert int(out.unique("conversation_id")["unparseable"].sum()) == refusals  # kept, counted
+        assert "answers with nothing parseable" in proc.stdout
+
+        sent = server.requests
+        proc = run_cli(*remap, *flags)
+        assert proc.returncode == 0, proc.stderr
+        assert server.requests == sent  # the rerun is served from the cache
+
+        reflect = ["reflect", "--in", tmp_path / "remap.parquet", "--data", data, "--judge", "fake-gpt"]
+        proc = run_cli(*reflect, "--out", tmp_path / "reflect.parquet", "--top-n", "30", "--chunk", "15", *flags)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert server.counts.get("judge not json", 0) > 0 and server.counts.get("judge out of range", 0) > 0
+        res = artifacts.read(tmp_path / "reflect.parquet", "predictions")
+        assert set(res["sample_id"]) == set(train["sample_id"])
+        assert res["judge_order"].list.len().min() == 30
+        ratings = res.select(pl.col("candidates").list.eval(pl.element().struct.field("rating"))).explode("candidates")
+        assert ratings["candidates"].drop_nulls().is_between(-2, 2).all()
+        assert "re-asked" in proc.stdout and "ratings out of range" in proc.stdout
+
+
+def test_llm_teacher_without_key_is_one_line(tmp_path: Path, tiny_data: Path) -> None:
+    proc = run_cli(
+        "remap",
+        "--data",
+        tiny_data,
+        "--teacher",
+        "gpt-4o",
+        "--api-key-env",
+        "CONVREC_TEST_NO_SUCH_KEY",
+        "--out",
+        tmp_path / "r.parquet",
+    )
+    assert_user_error(proc, "CONVREC_TEST_NO_SUCH_KEY")
+
+
+@pytest.fixture(scope="module")
+def stage1_cache(tmp_path_factory) -> Path:
+    """One embedding cache for the module: the catalog is embedded once."""
+    d = tmp_path_factory.mktemp("stage1-cache")
+    (d / "embeddings").mkdir()
+    return d
