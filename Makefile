@@ -28,6 +28,7 @@ lint:
 bench:
 	$(BIN)/python bench/bench_foundation.py
 	$(BIN)/python bench/bench_sft.py
+	$(BIN)/python bench/bench_remap.py
 
 # The embedded default: synthetic world -> baselines -> eval (no network, no GPU).
 demo: install
