@@ -305,3 +305,26 @@ def test_cooc_teacher_on_redial_is_k_fold(tmp_path: Path) -> None:
     honest, _ = evaluate(preds, train, cat)
     cheat, _ = evaluate(leaky_preds, train, cat)
     assert honest["recall@20"] < cheat["recall@20"]  # seeing the answers would inflate the teacher
+
+
+def test_embedding_caches_are_reused_and_normalised(tmp_path: Path) -> None:
+    from convrec.pipeline.embed import Embedder
+
+    texts = ["a heist movie", "space adventure with robots", "a heist movie"]
+    e1 = Embedder(None, tmp_path, progress=False)
+    v1 = e1.texts(texts)
+    c1 = e1.catalog(["Dune (2021). Genres: sci-fi.", "Elf (2003). Genres: comedy."])
+    assert e1.computed == 2 + 2  # the repeated text is embedded once
+    assert np.allclose(np.linalg.norm(v1, axis=1), 1, atol=1e-5) and np.allclose(v1[0], v1[2])
+    e2 = Embedder(None, tmp_path, progress=False)
+    assert np.allclose(e2.texts(texts), v1) and np.allclose(
+        e2.catalog(["Dune (2021). Genres: sci-fi.", "Elf (2003). Genres: comedy."]), c1
+    )
+    assert e2.computed == 0
+
+
+def test_unknown_embedder_is_a_user_error(tmp_path: Path) -> None:
+    from convrec.pipeline.embed import Embedder
+
+    with pytest.raises(ConvrecError, match="cannot load embedder"):
+        Embedder(str(tmp_path / "no-such-model"), tmp_path).model  # noqa: B018

