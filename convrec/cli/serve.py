@@ -31,6 +31,9 @@ def serve_command(
     max_prompt_tokens: int = typer.Option(768, "--max-prompt-tokens", min=16, help="Longer prompts lose old turns."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Largest request body (then 413)."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: as saved)."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="Torch CPU threads (default: all cores but one, left to the HTTP side)."
+    ),
 ) -> None:
     """Serve a recommender: OpenAI-compatible /v1/chat/completions, /v1/recommend and a web page at /."""
     api_key = None
@@ -42,6 +45,7 @@ def serve_command(
         raise ConvrecError(f"--dtype must be float32, bfloat16 or float16, got '{dtype}'")
     _check_port(host, port)
 
+    import torch
     import uvicorn
 
     from convrec import artifacts
@@ -51,6 +55,8 @@ def serve_command(
     from convrec.serve.app import ServeSettings, create_app
     from convrec.serve.engine import Engine
 
+    # more threads than free cores makes CPU decoding many times slower, not faster
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
     path = catalog_path(catalog) if catalog.is_dir() else catalog
     cat = Catalog(artifacts.read(path, artifacts.CATALOG))
     with console.status("loading the model"):

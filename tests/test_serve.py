@@ -1,0 +1,516 @@
+"""`convrec serve` and catalog-constrained decoding.
+
+The server tests start the real CLI on a free loopback port, with an untrained tiny model (the
+hardest case for the constraint: left alone it writes anything) and the synthetic world, and
+talk to it with the official `openai` client, a plain HTTP client and headless Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from convrec.catalog import Catalog
+from convrec.constrained import CatalogConstraints
+from convrec.data import item_lists, load_catalog, load_split
+from convrec.evaluation import EvalConfig, evaluate
+from convrec.generate import GenerationConfig, encode_prompts, generate_predictions, generate_texts
+from convrec.listfmt import format_list, parse_list
+from convrec.mentions import MentionFinder
+from convrec.metrics import SEEN, judge_list
+from tests.conftest import assert_user_error, run_cli
+
+try:  # openai's own HTTP client (httpx' successor, same API); older installs have httpx
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx
+
+openai = pytest.importorskip("openai")
+
+KEY = "test-key-123"
+KEY_ENV = "CONVREC_TEST_SERVE_KEY"
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, Path]:
+    """The synthetic world and an untrained tiny model built on it."""
+    root = tmp_path_factory.mktemp("serve")
+    data, model = root / "data", root / "model"
+    for args in (("data", "synth", "--out", data, "--seed", "0"), ("model", "init", "--data", data, "--out", model)):
+        proc = run_cli(*args)
+        assert proc.returncode == 0, proc.stderr
+    return data, model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """In-process decoding on one thread: on a busy 2-core machine more threads are many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def catalog(world) -> Catalog:
+    return Catalog(load_catalog(world[0]))
+
+
+@pytest.fixture(scope="module")
+def lm(world):
+    from convrec.models.load import load_model, load_tokenizer
+
+    return load_tokenizer(world[1]), load_model(world[1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    data, model = world
+    port = free_port()
+    env = {**os.environ, KEY_ENV: KEY}
+    cmd = [sys.executable, "-m", "convrec.cli.main", "serve", "--model", str(model), "--catalog", str(data)]
+    cmd += ["--port", str(port), "--api-key-env", KEY_ENV, "--max-batch", "32", "--max-k", "50", "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}: {proc.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("server did not come up in 180 s")
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    assert "Traceback" not in out, out
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def auth() -> dict:
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+def conversation(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+# --- constrained decoding, in process ---------------------------------------------------------
+def test_trie_paths_are_the_tokens_of_a_written_list(lm, catalog):
+    tok, _ = lm
+    cc = CatalogConstraints(tok, catalog)
+    rows = [0, 5, 17]
+    text = format_list([(catalog.titles[r], catalog.years[r]) for r in rows]) + tok.eos_token
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    node, items = 0, []
+    for t in ids:  # walking the trie with the tokens of a training target visits exactly its items
+        node = cc.trie.children[node][t]
+        if node in cc.trie.leaf:
+            items.append(cc.trie.leaf[node][0])
+            node = 0
+    assert [cc.row_of_item[i] for i in items] == rows
+
+
+def test_constrained_lists_are_k_distinct_catalog_items_without_excluded(lm, catalog):
+    tok, model = lm
+    cc = CatalogConstraints(tok, catalog)
+    convs = [conversation("A thriller please."), conversation("Anything with dragons?")]
+    prompts = encode_prompts(tok, convs, 20, 768)
+    exclude = set(range(0, 360, 2))  # half the catalog
+    rows = [cc.row_constraint(7, exclude), cc.row_constraint(3)]
+    cfg = GenerationConfig(max_new_tokens=cc.max_new_tokens(7))
+    texts = generate_texts(model, tok, prompts, cfg, None, cc, rows)
+    for text, k, excluded in zip(texts, (7, 3), (exclude, set()), strict=True):
+        items = parse_list(text)
+        assert len(items) == k, text
+        found = [catalog.lookup(t, y) for t, y in items]
+        assert all(r >= 0 for r in found) and len(set(found)) == k
+        assert not set(found) & excluded
+
+
+def test_constraint_stops_when_the_catalog_runs_out(lm, catalog):
+    tok, model = lm
+    cc = CatalogConstraints(tok, catalog)
+    keep = {3, 250}
+    rows = [cc.row_constraint(5, set(range(len(catalog))) - keep)]
+    prompts = encode_prompts(tok, [conversation("hi")], 20, 768)
+    (text,) = generate_texts(model, tok, prompts, GenerationConfig(max_new_tokens=80), None, cc, rows)
+    assert {catalog.lookup(t, y) for t, y in parse_list(text)} == keep
+
+
+def test_a_line_cut_by_the_token_budget_is_dropped(lm, catalog):
+    tok, model = lm
+    cc = CatalogConstraints(tok, catalog)
+    prompts = encode_prompts(tok, [conversation("hi")], 20, 768)
+    (text,) = generate_texts(model, tok, prompts, GenerationConfig(max_new_tokens=13), None, cc, [cc.row_constraint(5)])
+    items = parse_list(text)
+    assert 0 < len(items) < 5 and all(catalog.lookup(t, y) >= 0 for t, y in items)
+
+
+def test_mentions_resolve_titles_with_and_without_year(catalog):
+    finder = MentionFinder(catalog)
+    r0, r3 = 0, 3  # "Silent Shadow" (1998), "Crimson Island" (1984)
+    text = f"I loved {catalog.titles[r0]} ({catalog.years[r0]}) and {catalog.titles[r3].lower()}, not much else."
+    assert finder.rows(text) == {r0, r3}
+    assert finder.rows("Nothing to see here.") == set()
+
+
+def test_mentions_find_the_seen_items_of_the_synthetic_test_split(world, catalog):
+    samples = load_split(world[0], "test")
+    finder = MentionFinder(catalog)
+    found = hidden = 0
+    for msgs, seen in zip(samples["messages"].to_list(), item_lists(samples["seen"]), strict=True):
+        rows = finder.rows_in_messages(msgs)
+        for t, y in seen:
+            hidden += 1
+            found += any(catalog.norm[r] == catalog.resolve(t, y)[0] for r in rows)
+    assert hidden > 50 and found == hidden
+
+
+def test_generate_predictions_constrained_vs_unconstrained(world, lm, catalog):
+    tok, model = lm
+    samples = load_split(world[0], "test").head(12)
+    cfg = GenerationConfig(n_items=5, max_new_tokens=60, batch_size=12)
+    plain = generate_predictions(model, tok, samples, cfg)
+    cons = generate_predictions(
+        model, tok, samples, GenerationConfig(**{**cfg.__dict__, "constrained": True}), None, catalog
+    )
+    m_plain, _ = evaluate(plain, samples, catalog, EvalConfig(n_items=5))
+    m_cons, _ = evaluate(cons, samples, catalog, EvalConfig(n_items=5))
+    assert m_cons["in_catalog"] == 1.0 and m_cons["format_valid"] == 1.0 and m_cons["duplicate_ratio"] == 0.0
+    assert m_plain["in_catalog"] < 0.5  # untrained: the constraint is what makes the lists valid
+
+
+def test_generate_cli_constrained(world, tmp_path):
+    data, model = world
+    out = tmp_path / "pred.parquet"
+    args = ("generate", "--model", model, "--data", data, "--out", out, "--limit", "4", "--n-items", "3")
+    # one torch thread: on a busy 2-core machine more threads are many times slower
+    cmd = [sys.executable, "-m", "convrec.cli.main", *map(str, args), "--constrained"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    texts = pl.read_parquet(out)["text"].to_list()
+    cat = Catalog(load_catalog(data))
+    assert all(len(parse_list(t)) == 3 and all(cat.lookup(*i) >= 0 for i in parse_list(t)) for t in texts)
+
+
+def test_engine_timeout_and_budget(lm, catalog):
+    import asyncio
+
+    from convrec.serve.engine import Engine, Job
+
+    tok, model = lm
+    engine = Engine(model, tok, catalog, batch_wait_s=0)
+    prompt = engine.encode(conversation("hi"))
+
+    async def go():
+        loop = asyncio.get_running_loop()
+
+        def job(deadline: float, max_new: int) -> Job:
+            return Job(prompt, None, max_new, False, 1.0, 1.0, deadline, loop, loop.create_future())
+
+        engine.start()
+        try:
+            late, short = job(time.monotonic() - 1, 50), job(time.monotonic() + 60, 4)
+            engine.submit(late)
+            engine.submit(short)
+            return await late.future, await short.future
+        finally:
+            await asyncio.to_thread(engine.stop)
+
+    late, short = asyncio.run(go())
+    assert late.finish_reason == "timeout" and late.tokens == []
+    assert short.finish_reason == "length" and len(short.tokens) == 4
+
+
+# --- the server ---------------------------------------------------------------------------------
+def test_openai_client_models_and_chat(client, catalog):
+    assert [m.id for m in client.models.list().data] == ["convrec"]
+    r = client.chat.completions.create(model="convrec", messages=conversation("Something scary?"), max_tokens=12)
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert r.usage.completion_tokens <= 12 and r.usage.prompt_tokens > 0
+    r = client.chat.completions.create(
+        model="convrec", messages=conversation("Something scary?"), extra_body={"constrained": True, "k": 4}
+    )
+    items = parse_list(r.choices[0].message.content)
+    assert r.choices[0].finish_reason == "stop" and len(items) == 4
+    assert all(catalog.lookup(t, y) >= 0 for t, y in items)
+
+
+def test_openai_client_streaming(client):
+    kwargs = dict(
+        model="convrec", messages=conversation("A comedy for tonight."), extra_body={"constrained": True, "k": 3}
+    )
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([d for d in deltas if d]) > 3  # token by token, not one blob
+    assert "".join(deltas) == whole
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_recommend_is_always_in_catalog_across_the_test_split(server, world, catalog):
+    samples = load_split(world[0], "test").unique("conversation_id", keep="first", maintain_order=True)
+
+    def ask(msgs):
+        r = httpx.post(f"{server}/v1/recommend", json={"messages": msgs, "k": 3}, headers=auth(), timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(ask, samples["messages"].to_list()))
+    texts = []
+    for ans, seen in zip(answers, item_lists(samples["seen"]), strict=True):
+        data = ans["data"]
+        assert [d["rank"] for d in data] == [1, 2, 3]
+        for d in data:
+            row = catalog.row_of_id[d["item_id"]]
+            assert (d["title"], d["year"]) == (catalog.titles[row], catalog.years[row])
+            assert isinstance(d["score"], float) and d["score"] <= 0
+        items = [(d["title"], d["year"]) for d in data]
+        assert SEEN not in judge_list(items, [], seen, catalog).status  # seen items named in the text are excluded
+        texts.append(format_list(items))
+    preds = pl.DataFrame({"sample_id": samples["sample_id"], "text": texts})
+    summary, _ = evaluate(preds, samples, catalog, EvalConfig(n_items=3))
+    assert summary["in_catalog"] == 1.0 and summary["duplicate_ratio"] == 0.0 and summary["format_valid"] == 1.0
+
+
+def test_recommend_unconstrained_and_seen(server, catalog):
+    text = f"I liked {catalog.titles[0]} ({catalog.years[0]})."
+    body = {"messages": conversation(text), "k": 4, "constrained": False}
+    r = httpx.post(f"{server}/v1/recommend", json=body, headers=auth(), timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["constrained"] is False and len(out["data"]) <= 4
+    assert [s["item_id"] for s in out["seen"]] == [catalog.item_ids[0]]
+
+
+def test_concurrent_requests_are_batched(server):
+    def metric(name: str) -> float:
+        text = httpx.get(f"{server}/metrics").text
+        return float(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith(f"convrec_{name} ")))
+
+    batches, rows = metric("batches_total"), metric("batched_requests_total")
+    body = {"messages": conversation("Surprise me."), "k": 2}
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(
+            pool.map(lambda _: httpx.post(f"{server}/v1/recommend", json=body, headers=auth(), timeout=120), range(12))
+        )
+    assert all(c.status_code == 200 for c in codes)
+    assert metric("batched_requests_total") - rows == 12
+    assert metric("batches_total") - batches < 12
+
+
+def test_health_and_metrics(server):
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    httpx.get(f"{server}/v1/models", headers=auth())
+    text = httpx.get(f"{server}/metrics").text
+    assert 'convrec_requests_total{route="/v1/models",method="GET",status="200"}' in text
+    assert 'convrec_request_duration_seconds{route="/v1/models",quantile="0.95"}' in text
+
+
+# --- bad requests: OpenAI-shaped 4xx ------------------------------------------------------------
+def assert_openai_error(r, status: int, code: str | None = None, param: str | None = None) -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code is not None:
+        assert err["code"] == code
+    if param is not None:
+        assert err["param"] == param
+    return err
+
+
+def chat_body(**extra) -> dict:
+    return {"model": "convrec", "messages": conversation("hi"), "max_tokens": 4, **extra}
+
+
+def test_malformed_json(server):
+    r = httpx.post(f"{server}/v1/chat/completions", content=b'{"model": "convrec", "messages": [', headers=auth())
+    assert_openai_error(r, 400, "invalid_json")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": "hello"}, "messages"),
+        ({"max_tokens": "10"}, "max_tokens"),
+        ({"stream": 1}, "stream"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        ({"messages": []}, "messages"),
+        ({"n": 2}, "n"),
+    ],
+)
+def test_wrong_types_and_values(server, body, param):
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat_body(**body), headers=auth())
+    err = assert_openai_error(r, 400, "invalid_value")
+    assert err["param"].startswith(param)
+
+
+def test_body_not_an_object(server):
+    r = httpx.post(f"{server}/v1/recommend", json=[1, 2, 3], headers=auth())
+    assert_openai_error(r, 400, "invalid_value")
+
+
+def test_huge_body(server):
+    huge = {"messages": conversation("x" * (2 << 20))}
+    r = httpx.post(f"{server}/v1/recommend", json=huge, headers=auth(), timeout=60)
+    assert_openai_error(r, 413, "request_too_large")
+
+
+def test_huge_conversation_under_the_body_limit(server):
+    r = httpx.post(f"{server}/v1/recommend", json={"messages": conversation("word " * 40_000)}, headers=auth())
+    assert_openai_error(r, 400, "context_length_exceeded", "messages")
+
+
+@pytest.mark.parametrize("k", [0, 51, 10**9])
+def test_k_out_of_range(server, k):
+    r = httpx.post(f"{server}/v1/recommend", json={"messages": conversation("hi"), "k": k}, headers=auth())
+    assert_openai_error(r, 400, param="k")
+
+
+def test_max_tokens_over_the_limit(server):
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat_body(max_tokens=10**6), headers=auth())
+    assert_openai_error(r, 400, param="max_tokens")
+
+
+def test_unknown_model(server, client):
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat_body(model="gpt-9"), headers=auth())
+    assert_openai_error(r, 404, "model_not_found", "model")
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-9", messages=conversation("hi"))
+    r = httpx.post(f"{server}/v1/recommend", json={"model": "gpt-9", "messages": conversation("hi")}, headers=auth())
+    assert_openai_error(r, 404, "model_not_found")
+
+
+def test_missing_and_wrong_api_key(server):
+    for path in ("/v1/models", "/v1/chat/completions", "/v1/recommend"):
+        method = httpx.get if path == "/v1/models" else lambda u, **kw: httpx.post(u, json=chat_body(), **kw)
+        assert_openai_error(method(f"{server}{path}"), 401, "missing_api_key")
+        assert_openai_error(method(f"{server}{path}", headers={"Authorization": "Bearer nope"}), 401, "invalid_api_key")
+        assert_openai_error(method(f"{server}{path}", headers={"Authorization": KEY}), 401, "invalid_api_key")
+    bad = openai.OpenAI(base_url=f"{server}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_unknown_route_and_method(server):
+    assert_openai_error(httpx.get(f"{server}/v1/nothing", headers=auth()), 404)
+    assert_openai_error(httpx.get(f"{server}/v1/recommend", headers=auth()), 405)
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+def test_serve_cli_errors(world, tmp_path):
+    data, model = world
+    proc = run_cli("serve", "--model", model, "--catalog", data, "--api-key-env", "CONVREC_NO_SUCH_VAR_XYZ")
+    assert_user_error(proc, "CONVREC_NO_SUCH_VAR_XYZ")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        proc = run_cli("serve", "--model", model, "--catalog", data, "--port", str(s.getsockname()[1]))
+    assert_user_error(proc, "cannot listen")
+    proc = run_cli("serve", "--model", tmp_path / "nope", "--catalog", data, "--port", str(free_port()))
+    assert_user_error(proc, "not a model folder")
+    proc = run_cli("serve", "--model", model, "--catalog", tmp_path / "none.parquet", "--port", str(free_port()))
+    assert_user_error(proc, "none.parquet")
+
+
+# --- the page, in a real browser ---------------------------------------------------------------
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def test_web_page_in_headless_chromium(server, catalog, tmp_path):
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never try to download a driver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1100,1000",
+    ):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    try:
+        driver.get(f"{server}/")
+        assert "convrec" in driver.title
+        seen = f"{catalog.titles[0]} ({catalog.years[0]})"
+        driver.find_element(By.ID, "conversation").send_keys(f"User: I loved {seen}.\nAssistant: Noted.\nUser: More?")
+        k = driver.find_element(By.ID, "k")
+        k.clear()
+        k.send_keys("4")
+        driver.find_element(By.ID, "go").click()
+        # without the key the page shows the server's error
+        WebDriverWait(driver, 60).until(lambda d: "API key" in d.find_element(By.ID, "status").text)
+        driver.find_element(By.ID, "api-key").send_keys(KEY)
+        driver.find_element(By.ID, "go").click()
+        WebDriverWait(driver, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results tr.item")) == 4)
+        rows = [
+            [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in driver.find_elements(By.CSS_SELECTOR, "#results tr.item")
+        ]
+        assert [r[0] for r in rows] == ["1", "2", "3", "4"]
+        assert all(catalog.lookup(title, int(year)) >= 0 for _, title, year, _ in rows)
+        assert seen not in {f"{t} ({y})" for _, t, y, _ in rows}
+        assert catalog.titles[0] in driver.find_element(By.ID, "seen").text
+        shot = os.environ.get("CONVREC_SCREENSHOT")
+        if shot:
+            driver.save_screenshot(shot)
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_no_5xx_so_far(server):
+    text = httpx.get(f"{server}/metrics").text
+    statuses = [json.loads(ln.split('status="')[1].split('"')[0]) for ln in text.splitlines() if "status=" in ln]
+    assert statuses and all(s < 500 for s in statuses)
