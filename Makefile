@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install test test-fast lint bench demo clean
+.PHONY: install test test-fast lint bench loadtest demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,12 @@ lint:
 bench:
 	$(BIN)/python bench/bench_foundation.py
 	$(BIN)/python bench/bench_sft.py
+	$(BIN)/python bench/bench_serve.py
 	$(BIN)/python bench/bench_remap.py
+
+# Bounded loopback load test of `convrec serve` (500 requests, 32 concurrent); exits 1 on any 5xx.
+loadtest:
+	$(BIN)/python bench/load_serve.py
 
 # The embedded default: synthetic world -> baselines -> eval (no network, no GPU).
 demo: install
