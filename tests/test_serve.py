@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 
 from convrec.catalog import Catalog
 from convrec.constrained import CatalogConstraints
@@ -141,6 +142,52 @@ def test_trie_paths_are_the_tokens_of_a_written_list(lm, catalog):
             items.append(cc.trie.leaf[node][0])
             node = 0
     assert [cc.row_of_item[i] for i in items] == rows
+
+
+def merging_tokenizer(labels: list[str]):
+    """A Qwen-style pre-tokenizer: ")" and the newline after it become one token ")\\n"."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    qwen = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(qwen), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    texts = ["\n".join(labels[i : i + 5]) for i in range(0, len(labels), 5)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=800,
+        special_tokens=["<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def test_trie_follows_a_tokenizer_that_merges_the_newline(catalog):
+    labels = [catalog.label(r) for r in range(len(catalog))]
+    tok = merging_tokenizer(labels)
+    target = tok(labels[0] + "\n", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(target)[-1] == ")\u010a"  # the merge this test is about
+    cc = CatalogConstraints(tok, catalog)
+    rows = [7, 0, 42]
+    ids = tok(format_list([(catalog.titles[r], catalog.years[r]) for r in rows]) + "<eos>", add_special_tokens=False)
+    proc = cc.processor([cc.row_constraint(3)])
+    seq = torch.tensor([[tok.eos_token_id]])
+    merged = target[-1]
+    for i, t in enumerate(ids["input_ids"]):  # every token of the written list is allowed, and nothing after its EOS
+        allowed = torch.isfinite(proc(seq, torch.zeros(1, len(tok))))[0]
+        assert allowed[t], tok.convert_ids_to_tokens([t])
+        if i == len(ids["input_ids"]) - 2:  # the 3rd line's ")": ")\n" would start a 4th line
+            assert not allowed[merged]
+        seq = torch.cat([seq, torch.tensor([[t]])], dim=1)
+    assert torch.isfinite(proc(seq, torch.zeros(1, len(tok))))[0].nonzero().flatten().tolist() == [tok.eos_token_id]
+    assert [cc.row_of_item[i] for i in proc.items(0)] == rows and proc.complete(0)
 
 
 def test_constrained_lists_are_k_distinct_catalog_items_without_excluded(lm, catalog):
