@@ -218,7 +218,7 @@ def test_remap_reflect_adjust_cli_on_the_synthetic_world(tmp_path: Path, stage1_
     assert prov["stats"]["meant_lines"] > 0 and prov["stats"]["recovery"] > 0.8
     proc = run_cli(
         "reflect", "--in", tmp_path / "remap.parquet", "--data", data, "--judge", "embed",
-        "--out", tmp_path / "reflect.parquet", "--top-n", "30", *c,
+        "--out", tmp_path / "reflect.parquet", "--top-n", "30", "--gamma", "0.5", *c,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
     proc = run_cli("adjust", "--in", tmp_path / "reflect.parquet", "--data", data, "--out", tmp_path / "sft.parquet")

@@ -6,6 +6,13 @@ the log-likelihood of the training ground truth under a softmax over the catalog
 learns which items users here answer with more (or less) often than the teacher believes: the
 teacher's popularity bias.
 
+The log-likelihood is the mean per ground-truth item (the convention of torch's losses), not the
+sum: with the sum, 0.01 barely regularises 2|C| parameters and the fit memorises items answered
+once or twice. Measured with w, b fitted on train and scored on val (held-out log-likelihood per
+item, before -> after): ReDIAL with the cooc teacher, sum -6.92 -> -7.55 (worse; the 1 % most
+popular items took 56 % of the lists vs 15 % of the ground truth), mean -6.92 -> -6.70; the
+synthetic world, sum -5.35 -> -4.94, mean -5.35 -> -4.97.
+
 Scores exist for the top-M candidates a conversation carries; every other catalog item gets the
 conversation's lowest candidate score (the truncation floor), seen items are masked. The loss is
 summed over chunks of conversations inside the L-BFGS closure, so memory stays at one chunk.
@@ -113,7 +120,7 @@ def fit(
     n_items: int,
     cfg: AdjustConfig,
 ) -> tuple[np.ndarray, np.ndarray, AdjustStats]:
-    """Per-item w, b maximising Σ log p(gt) − l2 (‖w − 1‖² + ‖b‖²)."""
+    """Per-item w, b maximising mean log p(gt) − l2 (‖w − 1‖² + ‖b‖²), the mean over ground-truth items."""
     stats = AdjustStats(fit_samples=len(gt))
     chunks = _chunks(rows, scores, seen, gt, n_items, cfg.chunk)
     n_gt = sum(len(x) for c in chunks for x in c.gt)
@@ -131,7 +138,7 @@ def fit(
         loss.backward()
         total = loss.item()
         for c in chunks:  # one chunk's graph at a time
-            part = -log_likelihood(c.s, c.mask, c.gt, w, b)
+            part = -log_likelihood(c.s, c.mask, c.gt, w, b) / n_gt
             part.backward()
             total += part.item()
         return torch.tensor(total)
