@@ -328,3 +328,64 @@ def test_unknown_embedder_is_a_user_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConvrecError, match="cannot load embedder"):
         Embedder(str(tmp_path / "no-such-model"), tmp_path).model  # noqa: B018
+
+
+class _HashEmbedder:
+    """Deterministic unit vectors per text: remap.run's maths without loading a model."""
+
+    computed = 0
+
+    def _vec(self, text: str) -> np.ndarray:
+        v = np.random.default_rng(abs(hash(text)) % 2**32).normal(size=8).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    def catalog(self, texts):
+        return np.stack([self._vec(t) for t in texts])
+
+    def texts(self, texts, desc=""):
+        return np.stack([self._vec(t) for t in texts]) if texts else np.zeros((0, 8), np.float32)
+
+
+def test_remap_run_equals_the_formula(tiny_data: Path) -> None:
+    """The fused batch path of remap.run gives s = pᵀ(S + I) + λ·s_context, seen items excluded."""
+    from convrec.data import load_split
+    from convrec.pipeline.common import conversations, item_texts
+    from convrec.pipeline.teachers import TeacherOutput
+
+    cat = Catalog(catalog_frame())
+    samples = load_split(tiny_data, "train")
+    texts = [
+        "1. Dune (2021)\n2. Elf (2003)\n3. Made Up Film (1990)",
+        "Fargo (1996)",
+        "Sorry, I cannot help with that request.",
+        "Dune",
+    ]
+    emb = _HashEmbedder()
+    cfg = remap.RemapConfig(n=3, top_m=5, lam=0.7, batch_size=2)
+    out, raw, stats = remap.run(samples, TeacherOutput(texts), cat, emb, cfg)
+    assert stats.unparseable == 1 and raw["items"].list.len().to_list() == [3, 1, 0, 1]
+    g, _ = remap.ground(texts, cat, cfg.fuzzy_cutoff)
+    e_cat = emb.catalog(item_texts(cat))
+    e_t = np.stack(
+        [e_cat[r] if r >= 0 else emb._vec(f"{t} ({y})" if y else t) for (t, y), r in zip(g.keys, g.rows, strict=True)]
+    )
+    from convrec.pipeline.common import conversation_text
+
+    e_conv = emb.texts([conversation_text(m) for m in conversations(samples)["messages"].to_list()])
+    exact = sp.csr_matrix(
+        (np.ones((g.rows >= 0).sum()), (np.flatnonzero(g.rows >= 0), g.rows[g.rows >= 0])),
+        shape=(len(g.keys), len(cat)),
+    )
+    ex, sem, ctx = remap.remap_parts(remap.list_matrix(g.lists, len(g.keys)), exact, e_t, e_conv, e_cat, cfg.lam)
+    want = ex + sem + ctx
+    rows, f = unpack_candidates(out["candidates"], cat)
+    seen = [cat.lookup("The Matrix", 1999)] * 2 + [cat.lookup("Elf", 2003), None]
+    for i in range(len(texts)):
+        w = want[i].copy()
+        if seen[i] is not None:
+            w[seen[i]] = -np.inf
+        order = np.argsort(-w)[:5]
+        assert set(rows[i].tolist()) == set(order.tolist())
+        assert np.allclose(f["score"][i], w[rows[i]], atol=1e-5)
+        assert np.allclose(f["semantic"][i], sem[i, rows[i]], atol=1e-5)
+        assert np.allclose(f["exact"][i], ex[i, rows[i]], atol=1e-6)

@@ -215,8 +215,8 @@ def to_frame(
     ids = [[catalog.item_ids[r] for r in x[x >= 0][:n]] for x in rows]
     item_t = pl.List(pl.Struct({"title": pl.String, "year": pl.Int64}))
     return frame.select("sample_id", "conversation_id", "messages", "seen").with_columns(
-        pl.Series("ground_truth", items, dtype=item_t),
-        pl.Series("items", items, dtype=item_t),
+        items.alias("ground_truth"),
+        items.cast(item_t),
         pl.Series("target_text", texts),
         pl.Series("target_item_ids", ids, dtype=pl.List(pl.String)),
         pack_candidates(rows, fields, catalog),

@@ -261,7 +261,7 @@ def run(
     items, texts = top_lists(rows, catalog, cfg.n)
     conv = convs.select("conversation_id").with_columns(
         pack_candidates(rows, out_fields, catalog),
-        pl.Series("items", items, dtype=pl.List(pl.Struct({"title": pl.String, "year": pl.Int64}))),
+        items,
         pl.Series("text", texts),
     )
     if orders is not None:

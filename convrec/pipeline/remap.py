@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import scipy.sparse as sp
 
 from convrec.catalog import Catalog
@@ -86,7 +87,7 @@ def remap_parts(
     p: sp.csr_matrix, exact: sp.csr_matrix, e_teacher: np.ndarray, e_conv: np.ndarray, e_cat: np.ndarray, lam: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(exact, semantic, context) parts of s_remap for a batch: pᵀI, pᵀS, λ·s_context, each (B, |C|)."""
-    ex = np.asarray((p @ exact).todense(), dtype=np.float32)
+    ex = (p @ exact).toarray().astype(np.float32, copy=False)
     sem = np.asarray(p @ e_teacher, dtype=np.float32) @ e_cat.T
     ctx = lam * (e_conv @ e_cat.T)
     return ex, sem, ctx.astype(np.float32, copy=False)
@@ -133,7 +134,7 @@ def list_matrix(lists: list[np.ndarray], n_keys: int) -> sp.csr_matrix:
     data = np.concatenate([weights[:n] for n in lengths]) if lists else np.zeros(0)
     indices = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
     indptr = np.concatenate([[0], np.cumsum(lengths)])
-    m = sp.csr_matrix((data, indices, indptr), shape=(len(lists), n_keys))
+    m = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(len(lists), n_keys))
     m.sum_duplicates()
     return m
 
@@ -153,12 +154,10 @@ def run(
     stats = RemapStats(conversations=convs.height, samples=samples.height)
     g, unparseable = ground(teacher.texts, catalog, cfg.fuzzy_cutoff)
     stats.unparseable = len(unparseable)
-    for lst in g.lists:
-        stats.lines += len(lst)
-        kinds = [g.kinds[u] for u in lst]
-        stats.exact += kinds.count("exact")
-        stats.fuzzy += kinds.count("fuzzy")
-        stats.unmatched += kinds.count("none")
+    all_kinds = [g.kinds[u] for lst in g.lists for u in lst]
+    stats.lines = len(all_kinds)
+    stats.exact, stats.fuzzy = all_kinds.count("exact"), all_kinds.count("fuzzy")
+    stats.unmatched = all_kinds.count("none")
 
     e_cat = embedder.catalog(item_texts(catalog))
     e_teacher = np.zeros((len(g.keys), e_cat.shape[1]), dtype=np.float32)
@@ -186,44 +185,58 @@ def run(
     parts = {k: np.full((convs.height, m), np.nan, dtype=np.float32) for k in ("score", "exact", "semantic", "context")}
     for start in range(0, convs.height, cfg.batch_size):
         sl = slice(start, min(start + cfg.batch_size, convs.height))
-        ex, sem, ctx = remap_parts(p[sl], exact, e_teacher, e_conv[sl], e_cat, cfg.lam)
-        total = ex + sem + ctx
+        # remap_parts fused: one dense product for semantic + context over the catalog; the parts
+        # are split again only for the top-M
+        q_sem = np.asarray(p[sl] @ e_teacher, dtype=np.float32)
+        total = (q_sem + cfg.lam * e_conv[sl]) @ e_cat.T
+        ex = (p[sl] @ exact).toarray().astype(np.float32, copy=False)
+        total += ex
         for i, s in enumerate(seen[sl]):
             total[i, s] = -np.inf  # a seen item is never a recommendation
         top = topk_rows(total, m)
         ok = top >= 0
         safe = np.where(ok, top, 0)
         all_rows[sl, : top.shape[1]] = top
-        for name, arr in (("score", total), ("exact", ex), ("semantic", sem), ("context", ctx)):
-            vals = np.take_along_axis(arr, safe, axis=1)
+        score = np.take_along_axis(total, safe, axis=1)
+        ex_top = np.take_along_axis(ex, safe, axis=1)
+        sem_top = np.concatenate(
+            [np.einsum("bd,bmd->bm", q_sem[a : a + 64], e_cat[safe[a : a + 64]]) for a in range(0, len(safe), 64)]
+        )
+        ctx_top = score - ex_top - sem_top
+        for name, vals in (("score", score), ("exact", ex_top), ("semantic", sem_top), ("context", ctx_top)):
             parts[name][sl, : top.shape[1]] = np.where(ok, vals, np.nan)
 
     if teacher.meant is not None:
         _recovery(stats, g, teacher.meant, e_teacher, e_cat, catalog, all_rows, seen, cfg.n)
 
+    kind_code = np.array([{"exact": 0, "fuzzy": 1}.get(k, 2) for k in g.kinds], dtype=np.int8)
     conv_frame = convs.select("conversation_id").with_columns(
         pack_candidates(all_rows, parts, catalog),
         pl.Series("teacher_lines", [len(x) for x in g.lists], dtype=pl.Int32),
-        pl.Series("teacher_exact", [sum(g.kinds[u] == "exact" for u in x) for x in g.lists], dtype=pl.Int32),
-        pl.Series("teacher_fuzzy", [sum(g.kinds[u] == "fuzzy" for u in x) for x in g.lists], dtype=pl.Int32),
+        pl.Series("teacher_exact", [int((kind_code[x] == 0).sum()) for x in g.lists], dtype=pl.Int32),
+        pl.Series("teacher_fuzzy", [int((kind_code[x] == 1).sum()) for x in g.lists], dtype=pl.Int32),
         pl.Series("unparseable", [len(x) == 0 for x in g.lists]),
     )
     items, texts = top_lists(all_rows, catalog, cfg.n)
     conv_frame = conv_frame.with_columns(
-        pl.Series("items", items, dtype=pl.List(pl.Struct({"title": pl.String, "year": pl.Int64}))),
+        items,
         pl.Series("text", texts),
     )
     out = samples.select("sample_id", "conversation_id", "messages", "seen").join(
         conv_frame, on="conversation_id", how="left", maintain_order="left"
     )
+    flat = np.concatenate(g.lists) if g.lists else np.zeros(0, dtype=np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum([len(x) for x in g.lists])]).astype(np.int32))
+    key_titles = np.asarray([t for t, _ in g.keys], dtype=object)
+    key_years = pa.array([y for _, y in g.keys], type=pa.int64())
+    parsed = pa.StructArray.from_arrays(
+        [pa.array(key_titles[flat].tolist(), type=pa.string()), key_years.take(pa.array(flat))], names=["title", "year"]
+    )
+    kinds = np.asarray(g.kinds, dtype=object)
     raw_conv = convs.select("conversation_id").with_columns(
         pl.Series("text", teacher.texts),
-        pl.Series(
-            "items",
-            [[{"title": g.keys[u][0], "year": g.keys[u][1]} for u in x] for x in g.lists],
-            dtype=pl.List(pl.Struct({"title": pl.String, "year": pl.Int64})),
-        ),
-        pl.Series("match", [[g.kinds[u] for u in x] for x in g.lists], dtype=pl.List(pl.String)),
+        pl.Series("items", pa.ListArray.from_arrays(offsets, parsed)),
+        pl.Series("match", pa.ListArray.from_arrays(offsets, pa.array(kinds[flat].tolist(), type=pa.string()))),
     )
     if teacher.meant is not None:
         raw_conv = raw_conv.with_columns(pl.Series("meant_item_ids", teacher.meant, dtype=pl.List(pl.String)))
