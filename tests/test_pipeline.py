@@ -389,3 +389,16 @@ def test_remap_run_equals_the_formula(tiny_data: Path) -> None:
         assert np.allclose(f["score"][i], w[rows[i]], atol=1e-5)
         assert np.allclose(f["semantic"][i], sem[i, rows[i]], atol=1e-5)
         assert np.allclose(f["exact"][i], ex[i, rows[i]], atol=1e-6)
+
+
+def test_fraction_keeps_whole_conversations_and_is_seeded(tmp_path: Path) -> None:
+    from convrec.data import load_split
+
+    train = load_split(small_world(tmp_path / "data"), "train")
+    a = remap.sample_fraction(train, 0.25, seed=1)
+    b = remap.sample_fraction(train, 0.25, seed=1)
+    n_conv = train["conversation_id"].n_unique()
+    assert a.equals(b) and a["conversation_id"].n_unique() == math.ceil(0.25 * n_conv)
+    kept = set(a["conversation_id"])
+    assert train.filter(pl.col("conversation_id").is_in(kept)).height == a.height  # every sample of a kept conversation
+    assert remap.sample_fraction(train, 1.0, seed=1).height == train.height
