@@ -95,7 +95,13 @@ class FlakyServer:
             self.count("garbage body")
             return self._send(h, 200, b"<html>502 Bad Gateway</html>")
         prompt = body["messages"][-1]["content"]
-        text = self.judge(body) if "Candidates:" in body["messages"][0]["content"] else self.teacher(prompt)
+        if "Candidates:" in body["messages"][0]["content"]:
+            text = self.judge(body)
+        elif prompt.startswith("In one sentence, describe"):
+            self.count("describe")
+            text = "A tense thriller about a heist that goes wrong."
+        else:
+            text = self.teacher(prompt)
         self.count("answered")
         payload = {
             "id": "x",
@@ -122,6 +128,8 @@ class FlakyServer:
             if rng.random() < 0.2 and len(t) > 5:
                 t = t[:2] + t[3] + t[2] + t[4:]  # swap two letters
             lines.append(f"{i}. {t}")
+        if rng.random() < 0.5:
+            lines.append(f"{len(lines) + 1}. Totally Invented Picture {rng.randint(0, 999)} (2001)")  # in no catalog
         return "Here are my picks:\n" + "\n".join(lines)
 
     def judge(self, body: dict) -> str:

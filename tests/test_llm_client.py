@@ -109,7 +109,7 @@ def test_remap_and_reflect_against_a_flaky_server(tmp_path: Path, stage1_cache: 
     flags += ["--backoff", "0.01", "--max-retries", "12", "--cache-dir", str(cache)]
     with FlakyServer(titles, fail=0.3, hang_s=0.8) as server:
         flags[1] = server.base_url
-        remap = ["remap", "--data", data, "--teacher", "fake-gpt", "--out", tmp_path / "remap.parquet"]
+        remap = ["remap", "--data", data, "--teacher", "fake-gpt", "--out", tmp_path / "remap.parquet", "--describe"]
         proc = run_cli(*remap, "--raw-out", tmp_path / "teacher.parquet", *flags)
         assert proc.returncode == 0, proc.stderr + proc.stdout
         faults = sum(server.counts.get(k, 0) for k in ("429", "500", "hang", "garbage body"))
@@ -123,6 +123,7 @@ def test_remap_and_reflect_against_a_flaky_server(tmp_path: Path, stage1_cache: 
         assert refusals > 0 and raw.filter(pl.col("items").list.len() == 0)["text"].str.contains("sorry").all()
         assert int(out.unique("conversation_id")["unparseable"].sum()) == refusals  # kept, counted
         assert "answers with nothing parseable" in proc.stdout
+        assert server.counts.get("describe", 0) > 0  # out-of-catalog titles were described (and cached)
 
         sent = server.requests
         proc = run_cli(*remap, *flags)
