@@ -27,6 +27,7 @@ class FlakyServer:
         self.garbage = garbage
         self.hang_s = hang_s
         self.status = None  # force every answer to this HTTP status (e.g. 401)
+        self.delay = 0.0  # seconds before each answer (lets a test kill a client mid-run)
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.counts: dict[str, int] = {}
@@ -95,6 +96,7 @@ class FlakyServer:
             self.count("garbage body")
             return self._send(h, 200, b"<html>502 Bad Gateway</html>")
         prompt = body["messages"][-1]["content"]
+        time.sleep(self.delay)
         if "Candidates:" in body["messages"][0]["content"]:
             text = self.judge(body)
         elif prompt.startswith("In one sentence, describe"):

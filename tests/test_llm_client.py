@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -110,8 +113,29 @@ def test_remap_and_reflect_against_a_flaky_server(tmp_path: Path, stage1_cache: 
     with FlakyServer(titles, fail=0.3, hang_s=0.8) as server:
         flags[1] = server.base_url
         remap = ["remap", "--data", data, "--teacher", "fake-gpt", "--out", tmp_path / "remap.parquet", "--describe"]
+        # killed mid-run (SIGKILL, no cleanup): the answers it got are on disk
+        server.delay = 0.2
+        killed = subprocess.Popen(
+            [sys.executable, "-m", "convrec.cli.main", *map(str, remap), *flags],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while server.counts.get("answered", 0) < 8 and time.monotonic() < deadline and killed.poll() is None:
+            time.sleep(0.02)
+        killed.kill()
+        killed.wait()
+        time.sleep(server.delay + 0.5)  # let the server finish the requests the dead client left in flight
+        server.delay = 0.0
+        cached_before = len(list((cache / "llm").rglob("*.json")))
+        answered_before = server.counts.get("answered", 0)
+        assert cached_before > 0 and not (tmp_path / "remap.parquet").exists()
+
         proc = run_cli(*remap, "--raw-out", tmp_path / "teacher.parquet", *flags)
         assert proc.returncode == 0, proc.stderr + proc.stdout
+        answered_now = server.counts.get("answered", 0) - answered_before
+        cached_after = len(list((cache / "llm").rglob("*.json")))
+        assert cached_after - cached_before == answered_now  # it continued: nothing cached was asked again
         faults = sum(server.counts.get(k, 0) for k in ("429", "500", "hang", "garbage body"))
         assert faults > 0, server.counts
         train = pl.read_parquet(data / "train.parquet")
@@ -119,9 +143,9 @@ def test_remap_and_reflect_against_a_flaky_server(tmp_path: Path, stage1_cache: 
         raw = artifacts.read(tmp_path / "teacher.parquet", "predictions")
         assert set(out["sample_id"]) == set(train["sample_id"]) == set(raw["sample_id"])
         assert out["items"].list.len().min() == 20  # every conversation got a full catalog list
-        refusals = server.counts.get("unparseable answer", 0)
-        assert refusals > 0 and raw.filter(pl.col("items").list.len() == 0)["text"].str.contains("sorry").all()
-        assert int(out.unique("conversation_id")["unparseable"].sum()) == refusals  # kept, counted
+        refusals = raw.unique("conversation_id").filter(pl.col("items").list.len() == 0)
+        assert refusals.height > 0 and refusals["text"].str.contains("sorry").all()
+        assert int(out.unique("conversation_id")["unparseable"].sum()) == refusals.height  # kept, counted
         assert "answers with nothing parseable" in proc.stdout
         assert server.counts.get("describe", 0) > 0  # out-of-catalog titles were described (and cached)
 
