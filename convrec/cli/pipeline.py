@@ -328,7 +328,10 @@ def adjust_command(
     data: Path = DATA,
     out: Path = typer.Option(..., "--out", help="SFT set Parquet to write (samples schema + targets)."),
     fit_on: Path | None = typer.Option(
-        None, "--fit-on", help="Reflect Parquet of training conversations to fit w, b on (default: --in)."
+        None,
+        "--fit-on",
+        help="Reflect Parquet of training conversations to fit w, b on (default: --in; to score held-out "
+        "conversations, fit on the train run, never on the rows you evaluate).",
     ),
     l2: float = typer.Option(0.01, "--l2", help="Penalty on ‖w − 1‖² + ‖b‖²."),
     max_iter: int = typer.Option(100, "--max-iter", help="L-BFGS iterations."),

@@ -144,7 +144,7 @@ def fit(
         return torch.tensor(total)
 
     opt.step(closure)
-    stats.iterations = int(opt.state[opt._params[0]].get("n_iter", 0))
+    stats.iterations = int(opt.state[w].get("n_iter", 0))
     stats.ll_after = total_ll(chunks, w, b) / n_gt
     wn, bn = w.detach().numpy().copy(), b.detach().numpy().copy()
     stats.w_mean, stats.b_std = float(wn.mean()), float(bn.std())
