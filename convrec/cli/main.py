@@ -8,7 +8,7 @@ import click
 import typer
 
 from convrec import __version__
-from convrec.cli import baseline, data, evaluate, model, pending, pipeline, serve, sft
+from convrec.cli import baseline, data, evaluate, model, pending, pipeline, rl, serve, sft
 from convrec.cli.common import err_console
 from convrec.errors import ConvrecError
 
@@ -26,10 +26,11 @@ app.add_typer(model.app, name="model")
 app.command("eval")(evaluate.eval_command)
 app.command("sft")(sft.sft_command)
 app.command("generate")(sft.generate_command)
+app.command("serve")(serve.serve_command)
+app.command("rl")(rl.rl_command)
 app.command("remap")(pipeline.remap_command)
 app.command("reflect")(pipeline.reflect_command)
 app.command("adjust")(pipeline.adjust_command)
-app.command("serve")(serve.serve_command)
 pending.register(app)  # stages that later work builds
 
 

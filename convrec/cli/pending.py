@@ -7,7 +7,6 @@ import typer
 from convrec.cli.common import err_console
 
 PENDING = {
-    "rl": "Rank-GRPO reinforcement learning (with GRPO and GSPO baselines).",
     "demo": "Run the whole ConvRec-R1 pipeline on the embedded synthetic world.",
     "report": "Plot training curves and metrics of runs into PNGs and a summary page.",
 }

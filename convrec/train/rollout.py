@@ -1,0 +1,172 @@
+"""Rollout engines: G sampled completions per prompt, behind one interface.
+
+`hf` runs transformers' generate on the policy itself (the CPU path and the default): the prompts
+of a batch are prefilled once, their KV cache repeated G times, and generation continues from it,
+so a prompt is encoded once, not G times. `vllm` runs a colocated vLLM engine (optional GPU
+dependency, prefix caching on, ``n = G`` per prompt) whose weights are refreshed from the policy
+after every update.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from convrec.errors import ConvrecError
+
+ENGINES = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 280
+    prompts_per_batch: int = 4  # prompts whose G samples are generated together
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
+        """len(prompts) × G completions, the G of a prompt consecutive; each holds the sampled ids,
+        ending with EOS when the model stopped, without padding."""
+        ...
+
+    def sync_weights(self, model) -> None:
+        """Make the engine sample from the policy's current weights."""
+        ...
+
+
+def _trim(row: list[int], eos: int, pad: int) -> list[int]:
+    if eos in row:
+        return row[: row.index(eos) + 1]
+    while row and row[-1] == pad and pad != eos:
+        row = row[:-1]
+    return row
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.2x renamed ``past_key_values`` to ``cache``; accept both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class HFEngine:
+    """Sampling with the policy module itself; nothing to sync."""
+
+    def __init__(self, model, tokenizer, *, share_prompt: bool = True):
+        self.model, self.tokenizer, self.share_prompt = model, tokenizer, share_prompt
+
+    def sync_weights(self, model) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
+        from transformers import DynamicCache
+
+        model, tok = self.model, self.tokenizer
+        was_training = model.training
+        model.eval()
+        pad, eos, g = tok.pad_token_id, tok.eos_token_id, cfg.group_size
+        out: list[list[int]] = []
+        for start in range(0, len(prompts), cfg.prompts_per_batch):
+            batch = prompts[start : start + cfg.prompts_per_batch]
+            width = max(len(p) for p in batch)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+            attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+            kwargs = {}
+            if self.share_prompt and width > 1:
+                # prefill all but the last prompt token once, then give each of the G samples a copy
+                cache, key = DynamicCache(), _cache_kwarg(model)
+                pos = (attn.cumsum(-1) - 1).clamp(min=0)
+                model(
+                    input_ids=ids[:, :-1],
+                    attention_mask=attn[:, :-1],
+                    position_ids=pos[:, :-1],
+                    use_cache=True,
+                    **{key: cache},
+                )
+                cache.batch_repeat_interleave(g)
+                kwargs[key] = cache
+            seqs = model.generate(
+                input_ids=ids.repeat_interleave(g, 0),
+                attention_mask=attn.repeat_interleave(g, 0),
+                do_sample=True,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=0,
+                max_new_tokens=cfg.max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                **kwargs,
+            )
+            out.extend(_trim(row, eos, pad) for row in seqs[:, width:].tolist())
+        if was_training:
+            model.train()
+        return out
+
+
+class VLLMWeightSync:
+    """vLLM worker extension (``worker_extension_cls``): loads the policy's weights in place."""
+
+    def convrec_load_weights(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        self.model_runner.model.load_weights(weights=named)
+
+
+class VLLMEngine:
+    """A colocated vLLM engine sampling from a copy of the policy (GPU only)."""
+
+    def __init__(
+        self, model_path: str, *, gpu_memory_utilization: float = 0.3, max_model_len: int = 2048, seed: int = 0
+    ):
+        if importlib.util.find_spec("vllm") is None:
+            raise ConvrecError(
+                "--engine vllm needs vLLM (pip install 'convrec[vllm]' on a CUDA machine); use --engine hf"
+            )
+        if not torch.cuda.is_available():
+            raise ConvrecError("--engine vllm needs a CUDA GPU; use --engine hf on this machine")
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=str(model_path),
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_prefix_caching=True,  # the G samples of a prompt share its prefill
+            seed=seed,
+            dtype="bfloat16" if torch.cuda.is_bf16_supported() else "float16",
+            worker_extension_cls=f"{__name__}.VLLMWeightSync",
+        )
+
+    def sync_weights(self, model) -> None:
+        named = [(n, p.detach()) for n, p in model.state_dict().items()]
+        self.llm.collective_rpc("convrec_load_weights", args=(named,))
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+
+    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens
+        )
+        results = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        eos = self.llm.get_tokenizer().eos_token_id
+        out = []
+        for r in results:
+            for c in r.outputs:
+                ids = list(c.token_ids)
+                if c.finish_reason == "stop" and (not ids or ids[-1] != eos):
+                    ids.append(eos)  # vLLM leaves the EOS out; the loss wants it
+                out.append(ids)
+        return out
+
+
+def make_engine(name: str, model, tokenizer, model_path: str, **kwargs) -> RolloutEngine:
+    if name == "hf":
+        return HFEngine(model, tokenizer)
+    if name == "vllm":
+        return VLLMEngine(model_path, **kwargs)
+    raise ConvrecError(f"unknown engine '{name}': choose one of {', '.join(ENGINES)}")
