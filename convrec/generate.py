@@ -84,8 +84,8 @@ def generate_texts(
     for start in range(0, len(prompts), cfg.batch_size):
         batch = prompts[start : start + cfg.batch_size]
         width = max(len(p) for p in batch)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
         extra = {}
         if constraints is not None:
             from transformers import LogitsProcessorList

@@ -39,8 +39,20 @@ def load_tokenizer(name_or_path: str | Path):
     return tok
 
 
+def default_device():
+    """This process's GPU when there is one (LOCAL_RANK under torchrun), else the CPU."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def load_model(name_or_path: str | Path, *, dtype: str | None = None):
-    """A causal LM in eval mode. A local path that does not exist is a user error, not a hub lookup."""
+    """A causal LM in eval mode on `default_device()`. A local path that does not exist is a user
+    error, not a hub lookup."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -51,7 +63,7 @@ def load_model(name_or_path: str | Path, *, dtype: str | None = None):
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
     except Exception as e:
         raise ConvrecError(f"{name_or_path}: cannot load the model ({type(e).__name__}: {_first_line(e)})") from None
-    return model.eval()
+    return model.to(default_device()).eval()
 
 
 def _first_line(e: Exception) -> str:

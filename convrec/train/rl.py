@@ -92,8 +92,9 @@ def token_logps(model, prompt_ids: list[list[int]], comp_ids: torch.Tensor, comp
     Prompts are left-padded so every completion starts at the same column; logits are kept only
     for the completion positions (`logits_to_keep`), which matters for real vocabularies."""
     width = max(len(p) for p in prompt_ids)
-    prompt = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompt_ids])
-    pmask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    dev = comp_ids.device
+    prompt = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompt_ids], device=dev)
+    pmask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=dev)
     ids = torch.cat([prompt, comp_ids], dim=1)
     attn = torch.cat([pmask, comp_mask.long()], dim=1)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -253,6 +254,8 @@ def train(cfg: RLConfig, console=None) -> dict:
                 adv = rank_grpo.group_advantages(rank_r, cfg.group_size)
             else:
                 adv = rank_grpo.group_advantages(seq_r, cfg.group_size)
+            dev = model.device  # rewards are scored on the CPU; the loss runs where the policy is
+            ids, seg, adv = scored.ids.to(dev), scored.seg.to(dev), adv.to(dev)
 
             # 3. reference log-probabilities (frozen SFT model), once per rollout batch
             t1 = time.perf_counter()
@@ -262,9 +265,7 @@ def train(cfg: RLConfig, console=None) -> dict:
             if ref is not None:
                 with torch.no_grad():
                     for j, sl in enumerate(slices):
-                        ref_logp[j] = token_logps(
-                            ref, prompt_rep[sl], scored.ids[sl], scored.seg[sl] > 0, tokenizer.pad_token_id
-                        )[0]
+                        ref_logp[j] = token_logps(ref, prompt_rep[sl], ids[sl], seg[sl] > 0, tokenizer.pad_token_id)[0]
 
             # 4. mu optimisation passes; pass 1 runs on the sampling policy, so its log-probs are π_old
             old_logp = [None] * n_micro
@@ -274,14 +275,14 @@ def train(cfg: RLConfig, console=None) -> dict:
                 if engine is None:
                     optimizer.zero_grad(set_to_none=True)
                 for j, sl in enumerate(slices):
-                    mask = scored.seg[sl] > 0
-                    logp, entropy = token_logps(forward, prompt_rep[sl], scored.ids[sl], mask, tokenizer.pad_token_id)
+                    mask = seg[sl] > 0
+                    logp, entropy = token_logps(forward, prompt_rep[sl], ids[sl], mask, tokenizer.pad_token_id)
                     if old_logp[j] is None:
                         old_logp[j] = logp.detach()
                     parts = loss_fn(
                         logp,
                         old_logp[j],
-                        scored.seg[sl],
+                        seg[sl],
                         adv[sl],
                         n,
                         eps_low=eps_low,

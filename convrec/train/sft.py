@@ -96,6 +96,7 @@ def _val_loss(model, enc, pad_id: int, batch_size: int) -> float:
     total, tokens = 0.0, 0
     for s in range(0, len(enc.prompts), batch_size):
         batch = collate(enc, list(range(s, min(s + batch_size, len(enc.prompts)))), pad_id)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         n = int((batch["labels"][:, 1:] != IGNORE).sum())
         total += float(model(**batch).loss) * n
         tokens += n
@@ -201,7 +202,7 @@ def train(cfg: SFTConfig, console=None) -> dict:
                 # this rank's slice of the global micro-batch
                 start = ((pos * cfg.grad_accum + a) * world + distributed.rank()) * micro
                 index = order[start : start + micro] or order[:micro]
-                batch = collate(enc, index, tokenizer.pad_token_id)
+                batch = {k: v.to(model.device) for k, v in collate(enc, index, tokenizer.pad_token_id).items()}
                 with _autocast():
                     loss = forward(**batch).loss
                 if engine is not None:
