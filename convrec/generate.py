@@ -67,6 +67,14 @@ def encode_prompts(tokenizer, conversations: list[list[dict]], n_items: int, max
     return [encode_prompt(tokenizer, msgs, n_items, max_prompt_tokens)[0] for msgs in conversations]
 
 
+def left_pad(prompts: Sequence[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and their attention mask, so every continuation starts at the same column."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, mask
+
+
 @torch.no_grad()
 def generate_texts(
     model,
@@ -83,9 +91,8 @@ def generate_texts(
     pad = tokenizer.pad_token_id
     for start in range(0, len(prompts), cfg.batch_size):
         batch = prompts[start : start + cfg.batch_size]
-        width = max(len(p) for p in batch)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
+        input_ids, attention = left_pad(batch, pad, model.device)
+        width = input_ids.shape[1]
         extra = {}
         if constraints is not None:
             from transformers import LogitsProcessorList

@@ -23,7 +23,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from convrec.catalog import Catalog
 from convrec.constrained import CatalogConstraints, RowConstraint
-from convrec.generate import encode_prompt
+from convrec.generate import encode_prompt, left_pad
 from convrec.mentions import MentionFinder
 
 log = logging.getLogger("convrec.serve")
@@ -211,10 +211,7 @@ class Engine:
             return
         tok = self.tokenizer
         pad = tok.pad_token_id
-        width = max(len(j.prompt) for j in jobs)
-        device = self.model.device
-        input_ids = torch.tensor([[pad] * (width - len(j.prompt)) + j.prompt for j in jobs], device=device)
-        attention = torch.tensor([[0] * (width - len(j.prompt)) + [1] * len(j.prompt) for j in jobs], device=device)
+        input_ids, attention = left_pad([j.prompt for j in jobs], pad, self.model.device)
         constrained = any(j.constraint is not None for j in jobs)
         proc = self.constraints.processor([j.constraint for j in jobs]) if constrained else None
         logp = _LogSoftmax()

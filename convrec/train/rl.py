@@ -9,25 +9,21 @@ lives in `rank_grpo.py`; this file only moves tensors through it.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from convrec.catalog import Catalog
 from convrec.data import item_lists, load_catalog, load_split
 from convrec.errors import ConvrecError
-from convrec.evaluation import EvalConfig, evaluate
-from convrec.generate import GenerationConfig, encode_prompts, generate_predictions
+from convrec.generate import encode_prompts, left_pad
 from convrec.models.load import load_model, load_tokenizer
-from convrec.train import checkpoint, distributed, rank_grpo, rl_rewards
+from convrec.train import checkpoint, distributed, rank_grpo, rl_rewards, runlog
 from convrec.train.rollout import ENGINES, SamplingConfig, make_engine
-from convrec.train.sft import _autocast, _tensorboard
+from convrec.train.sft import _autocast, list_metrics
 
 
 @dataclass
@@ -91,10 +87,7 @@ def token_logps(model, prompt_ids: list[list[int]], comp_ids: torch.Tensor, comp
 
     Prompts are left-padded so every completion starts at the same column; logits are kept only
     for the completion positions (`logits_to_keep`), which matters for real vocabularies."""
-    width = max(len(p) for p in prompt_ids)
-    dev = comp_ids.device
-    prompt = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompt_ids], device=dev)
-    pmask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=dev)
+    prompt, pmask = left_pad(prompt_ids, pad_id, comp_ids.device)
     ids = torch.cat([prompt, comp_ids], dim=1)
     attn = torch.cat([pmask, comp_mask.long()], dim=1)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -168,25 +161,7 @@ def train(cfg: RLConfig, console=None) -> dict:
     rollout_engine = make_engine(cfg.engine, model, tokenizer, str(policy_path), seed=cfg.seed)
 
     main = distributed.is_main()
-    log_path = out / "metrics.jsonl"
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        if state is not None and log_path.exists():  # drop what a killed run logged after its checkpoint
-            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-            log_path.write_text("".join(ln + "\n" for ln in kept))
-        elif state is None:
-            log_path.write_text("")
-    board = _tensorboard(out / "tensorboard") if main else None
-
-    def log(rec: dict) -> None:
-        if main:
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            if board is not None:
-                for k, v in rec.items():
-                    if k != "step" and isinstance(v, (int, float)):
-                        board.add_scalar(k, v, rec["step"])
+    log = runlog.RunLog(out, asdict(cfg), resumed_step=step if state is not None else None, main=main)
 
     def validate_and_save() -> None:
         nonlocal best
@@ -210,20 +185,10 @@ def train(cfg: RLConfig, console=None) -> dict:
                 checkpoint.keep_copy(out, step, cfg.keep_last)
         distributed.barrier()
         if engine is not None and main:
-            for old in (out / "ds_state").glob("step*"):
-                if old.name != f"step{step}":
-                    shutil.rmtree(old, ignore_errors=True)
+            runlog.prune_deepspeed_states(out, step)
 
     forward = engine if engine is not None else model
-    progress = Progress(
-        TextColumn(f"rl ({cfg.level})"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not main,
-    )
+    progress = runlog.progress_bar(f"rl ({cfg.level})", console, main)
     per_epoch = max(1, train_df.height // (cfg.prompts_per_step * world))
     last: dict = {}
     with progress:
@@ -339,13 +304,4 @@ def train(cfg: RLConfig, console=None) -> dict:
 
 
 def validate(model, tokenizer, val_df, catalog: Catalog, cfg: RLConfig) -> dict:
-    preds = generate_predictions(
-        model,
-        tokenizer,
-        val_df,
-        GenerationConfig(n_items=cfg.n_items, max_new_tokens=14 * cfg.n_items, max_prompt_tokens=cfg.max_prompt_tokens),
-    )
-    summary, _ = evaluate(preds, val_df, catalog, EvalConfig(n_items=cfg.n_items))
-    model.train()
-    keep = ("recall@5", "recall@20", "ndcg@5", "ndcg@20", "in_catalog", "format_valid", "mean_list_length")
-    return {k: summary[k] for k in keep}
+    return list_metrics(model, tokenizer, val_df, catalog, cfg.n_items, cfg.max_prompt_tokens)

@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 
 from convrec.errors import ConvrecError
+from convrec.generate import left_pad
 
 ENGINES = ("hf", "vllm")
 
@@ -74,9 +75,8 @@ class HFEngine:
         out: list[list[int]] = []
         for start in range(0, len(prompts), cfg.prompts_per_batch):
             batch = prompts[start : start + cfg.prompts_per_batch]
-            width = max(len(p) for p in batch)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
-            attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
+            ids, attn = left_pad(batch, pad, model.device)
+            width = ids.shape[1]
             kwargs = {}
             if self.share_prompt and width > 1:
                 # prefill all but the last prompt token once, then give each of the G samples a copy

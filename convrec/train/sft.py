@@ -10,15 +10,12 @@ an uninterrupted one would.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from convrec import artifacts
 from convrec.catalog import Catalog
@@ -27,7 +24,7 @@ from convrec.errors import ConvrecError
 from convrec.evaluation import EvalConfig, evaluate
 from convrec.generate import GenerationConfig, generate_predictions
 from convrec.models.load import load_model, load_tokenizer
-from convrec.train import checkpoint, distributed, lora
+from convrec.train import checkpoint, distributed, lora, runlog
 from convrec.train.sft_data import IGNORE, collate, encode, ground_truth_targets
 
 
@@ -74,15 +71,6 @@ def _autocast():
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _tensorboard(folder: Path):
-    """A SummaryWriter when tensorboard is installed; metrics.jsonl is always written."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(folder))
 
 
 def _order(n: int, seed: int, epoch: int) -> list[int]:
@@ -158,38 +146,11 @@ def train(cfg: SFTConfig, console=None) -> dict:
         torch.set_rng_state(state["rng"])
         step, best = state["step"], state["best"]
     main = distributed.is_main()
-    log_path = out / "metrics.jsonl"
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        if state is not None and log_path.exists():  # drop what the killed run logged after its checkpoint
-            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-            log_path.write_text("".join(ln + "\n" for ln in kept))
-        elif state is None:
-            log_path.write_text("")
-
-    board = _tensorboard(out / "tensorboard") if main else None
-
-    def log(rec: dict) -> None:
-        if main:
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            if board is not None:
-                for k, v in rec.items():
-                    if k != "step" and isinstance(v, (int, float)):
-                        board.add_scalar(k, v, rec["step"])
+    log = runlog.RunLog(out, asdict(cfg), resumed_step=step if state is not None else None, main=main)
 
     forward = engine if engine is not None else model
     micro = cfg.batch_size
-    progress = Progress(
-        TextColumn("sft"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not main,
-    )
+    progress = runlog.progress_bar("sft", console, main)
     last_loss = float("nan")
     with progress:
         task = progress.add_task("sft", total=total, completed=step, info="")
@@ -241,18 +202,20 @@ def train(cfg: SFTConfig, console=None) -> dict:
                     checkpoint.keep_copy(out, step, cfg.keep_last)
                 distributed.barrier()
                 if engine is not None and main:  # keep only the newest DeepSpeed state
-                    for old in (out / "ds_state").glob("step*"):
-                        if old.name != f"step{step}":
-                            shutil.rmtree(old, ignore_errors=True)
+                    runlog.prune_deepspeed_states(out, step)
     return {"steps": step, "final_loss": last_loss, "best_val_ndcg@20": best, "truncated_prompts": enc.truncated}
+
+
+def list_metrics(model, tokenizer, val_df, catalog, n_items: int, max_prompt_tokens: int = 768) -> dict:
+    """Greedy lists for the validation samples, judged by `evaluation.evaluate` (what eval reports)."""
+    gen = GenerationConfig(n_items=n_items, max_new_tokens=14 * n_items, max_prompt_tokens=max_prompt_tokens)
+    preds = generate_predictions(model, tokenizer, val_df, gen)
+    summary, _ = evaluate(preds, val_df, catalog, EvalConfig(n_items=n_items))
+    model.train()
+    keep = ("recall@5", "recall@20", "ndcg@5", "ndcg@20", "in_catalog", "format_valid", "mean_list_length")
+    return {k: summary[k] for k in keep}
 
 
 def validate(model, tokenizer, val_df, val_enc, catalog, cfg: SFTConfig) -> dict:
     loss = _val_loss(model, val_enc, tokenizer.pad_token_id, cfg.batch_size)
-    preds = generate_predictions(
-        model, tokenizer, val_df, GenerationConfig(n_items=cfg.n_items, max_new_tokens=cfg.n_items * 14)
-    )
-    summary, _ = evaluate(preds, val_df, catalog, EvalConfig(n_items=cfg.n_items))
-    model.train()
-    keep = ("recall@5", "recall@20", "ndcg@5", "ndcg@20", "in_catalog", "format_valid", "mean_list_length")
-    return {"loss": loss, **{k: summary[k] for k in keep}}
+    return {"loss": loss, **list_metrics(model, tokenizer, val_df, catalog, cfg.n_items)}
