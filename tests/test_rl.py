@@ -105,6 +105,19 @@ def test_baselines_run_in_the_same_loop(setup, tmp_path, level):
     assert _changed(load_model(setup / "sft" / "best"), load_model(run / "last"))
 
 
+def test_constrained_rollouts_stay_in_the_catalog(setup, tmp_path):
+    """--constrained-rollouts: every sampled line is a catalog item, so rollouts cannot drift."""
+    run = tmp_path / "constrained"
+    proc = _rl(setup, run, 2, "--constrained-rollouts", "--max-new-tokens", "120", "--eval-every", "2")
+    assert proc.returncode == 0, proc.stderr
+    steps = [r for r in _records(run) if "loss" in r]
+    assert len(steps) == 2
+    assert all(r["in_catalog"] == 1.0 and r["items_per_list"] == 4 and r["format_valid"] == 1.0 for r in steps)
+    bad = run_cli("rl", "--init", setup / "sft" / "best", "--data", setup / "data", "--out", tmp_path / "v",
+                  "--engine", "vllm", "--constrained-rollouts")  # fmt: skip
+    assert_user_error(bad, "--constrained-rollouts needs --engine hf")
+
+
 def test_kill_and_resume_matches_uninterrupted(setup, tmp_path):
     common = ["--init", setup / "sft" / "best", "--data", setup / "data", "--max-steps", "5", "--eval-every", "2"]
     common += ["--mu", "2", *RL_ARGS]

@@ -29,6 +29,9 @@ def rl_command(
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Default 14 per item."),
     n_items: int = typer.Option(20, "--n-items", help="List length N."),
     engine: str = typer.Option("hf", "--engine", help="Rollout engine: hf | vllm (GPU)."),
+    constrained_rollouts: bool = typer.Option(
+        False, "--constrained-rollouts", help="Sample only catalog items (hf engine): no catalog drift in rollouts."
+    ),
     eval_every: int = typer.Option(25, "--eval-every", help="Validate and checkpoint every N steps."),
     val_samples: int = typer.Option(100, "--val-samples"),
     seed: int = typer.Option(0, "--seed"),

@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 
 from convrec.catalog import Catalog
+from convrec.constrained import CatalogConstraints
 from convrec.data import item_lists, load_catalog, load_split
 from convrec.errors import ConvrecError
 from convrec.generate import encode_prompts, left_pad
+from convrec.mentions import MentionFinder
 from convrec.models.load import load_model, load_tokenizer
 from convrec.train import checkpoint, distributed, rank_grpo, rl_rewards, runlog
 from convrec.train.rollout import ENGINES, SamplingConfig, make_engine
@@ -51,6 +53,9 @@ class RLConfig:
     n_items: int = 20
     shaping: dict = field(default_factory=lambda: asdict(rank_grpo.Shaping()))
     engine: str = "hf"
+    # sample only catalog lines (trie-masked, no repeats, seen items excluded); the loss still uses the
+    # unconstrained policy's log-probabilities, so the policy itself learns to stay in the catalog
+    constrained_rollouts: bool = False
     eval_every: int = 25
     val_samples: int = 100
     seed: int = 0
@@ -68,6 +73,8 @@ class RLConfig:
         for name in ("group_size", "prompts_per_step", "mu", "max_steps", "micro_batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConvrecError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.constrained_rollouts and self.engine != "hf":
+            raise ConvrecError("--constrained-rollouts needs --engine hf (the vllm engine samples unconstrained)")
         if self.group_size < 2:
             raise ConvrecError("--group-size must be at least 2: advantages compare samples of one prompt")
         if (self.group_size * self.prompts_per_step) % self.micro_batch_size:
@@ -158,7 +165,10 @@ def train(cfg: RLConfig, console=None) -> dict:
             optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         step, best = state["step"], state["best"]
-    rollout_engine = make_engine(cfg.engine, model, tokenizer, str(policy_path), seed=cfg.seed)
+    constraints = finder = None
+    if cfg.constrained_rollouts:
+        constraints, finder = CatalogConstraints(tokenizer, catalog), MentionFinder(catalog)
+    rollout_engine = make_engine(cfg.engine, model, tokenizer, str(policy_path), constraints, seed=cfg.seed)
 
     main = distributed.is_main()
     log = runlog.RunLog(out, asdict(cfg), resumed_step=step if state is not None else None, main=main)
@@ -204,7 +214,10 @@ def train(cfg: RLConfig, console=None) -> dict:
             # 1. rollouts: G lists per prompt
             t0 = time.perf_counter()
             prompts = encode_prompts(tokenizer, [messages[i] for i in index], n, cfg.max_prompt_tokens)
-            completions = rollout_engine.generate(prompts, sampling)
+            rows = None
+            if constraints is not None:
+                rows = [constraints.row_constraint(n, finder.rows_in_messages(messages[i])) for i in index]
+            completions = rollout_engine.generate(prompts, sampling, rows)
             rollout_s = time.perf_counter() - t0
             rep = [i for i in index for _ in range(cfg.group_size)]
             scored = rl_rewards.score(

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from convrec.constrained import CatalogConstraints, RowConstraint
 from convrec.errors import ConvrecError
 from convrec.generate import left_pad
 
@@ -32,9 +34,12 @@ class SamplingConfig:
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], cfg: SamplingConfig, rows: Sequence[RowConstraint] | None = None
+    ) -> list[list[int]]:
         """len(prompts) × G completions, the G of a prompt consecutive; each holds the sampled ids,
-        ending with EOS when the model stopped, without padding."""
+        ending with EOS when the model stopped, without padding. ``rows`` (one per prompt) asks for
+        catalog-constrained sampling: every line a catalog item, none repeated or excluded."""
         ...
 
     def sync_weights(self, model) -> None:
@@ -56,17 +61,24 @@ def _cache_kwarg(model) -> str:
 
 
 class HFEngine:
-    """Sampling with the policy module itself; nothing to sync."""
+    """Sampling with the policy module itself; nothing to sync. With ``constraints`` (the catalog
+    trie) it can sample catalog-constrained lists (`convrec.constrained`)."""
 
-    def __init__(self, model, tokenizer, *, share_prompt: bool = True):
+    def __init__(self, model, tokenizer, *, share_prompt: bool = True, constraints: CatalogConstraints | None = None):
         self.model, self.tokenizer, self.share_prompt = model, tokenizer, share_prompt
+        self.constraints = constraints
 
     def sync_weights(self, model) -> None:
         self.model = model
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
-        from transformers import DynamicCache
+    def generate(
+        self, prompts: list[list[int]], cfg: SamplingConfig, rows: Sequence[RowConstraint] | None = None
+    ) -> list[list[int]]:
+        from transformers import DynamicCache, LogitsProcessorList
+
+        if rows is not None and self.constraints is None:
+            raise ConvrecError("constrained rollouts need the engine built with the catalog's constraints")
 
         model, tok = self.model, self.tokenizer
         was_training = model.training
@@ -91,6 +103,9 @@ class HFEngine:
                 )
                 cache.batch_repeat_interleave(g)
                 kwargs[key] = cache
+            if rows is not None:
+                batch_rows = [r for r in rows[start : start + cfg.prompts_per_batch] for _ in range(g)]
+                kwargs["logits_processor"] = LogitsProcessorList([self.constraints.processor(batch_rows)])
             seqs = model.generate(
                 input_ids=ids.repeat_interleave(g, 0),
                 attention_mask=attn.repeat_interleave(g, 0),
@@ -145,7 +160,11 @@ class VLLMEngine:
         self.llm.collective_rpc("convrec_load_weights", args=(named,))
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
 
-    def generate(self, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], cfg: SamplingConfig, rows: Sequence[RowConstraint] | None = None
+    ) -> list[list[int]]:
+        if rows is not None:
+            raise ConvrecError("--constrained-rollouts needs --engine hf (the vllm engine samples unconstrained)")
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -164,9 +183,13 @@ class VLLMEngine:
         return out
 
 
-def make_engine(name: str, model, tokenizer, model_path: str, **kwargs) -> RolloutEngine:
+def make_engine(
+    name: str, model, tokenizer, model_path: str, constraints: CatalogConstraints | None = None, **kwargs
+) -> RolloutEngine:
     if name == "hf":
-        return HFEngine(model, tokenizer)
+        return HFEngine(model, tokenizer, constraints=constraints)
+    if constraints is not None:
+        raise ConvrecError("--constrained-rollouts needs --engine hf (the vllm engine samples unconstrained)")
     if name == "vllm":
         return VLLMEngine(model_path, **kwargs)
     raise ConvrecError(f"unknown engine '{name}': choose one of {', '.join(ENGINES)}")
