@@ -59,6 +59,14 @@ def resolve_config(path: str | Path, *, micro_batch: int, grad_accum: int, max_g
         if cfg.get(key, "auto") == "auto":
             cfg[key] = value
     cfg.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
+    zero = cfg.get("zero_optimization") or {}
+    offload = [k for k in ("offload_optimizer", "offload_param") if (zero.get(k) or {}).get("device", "none") != "none"]
+    if offload and not torch.cuda.is_available():
+        # DeepSpeed's offload path copies GPU gradients to CPU buffers; on a CPU-only machine it breaks
+        raise ConvrecError(
+            f"{path}: {' and '.join(offload)} moves state from GPU to CPU memory and needs CUDA GPUs; "
+            "use ds_configs/zero2.json on this machine"
+        )
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     for key in ("bf16", "fp16"):
         if isinstance(cfg.get(key), dict) and cfg[key].get("enabled") == "auto":
