@@ -8,7 +8,7 @@ import click
 import typer
 
 from convrec import __version__
-from convrec.cli import baseline, data, evaluate, model, pending, pipeline, rl, serve, sft
+from convrec.cli import baseline, data, evaluate, model, pending, pipeline, report, rl, serve, sft
 from convrec.cli.common import err_console
 from convrec.errors import ConvrecError
 
@@ -31,6 +31,7 @@ app.command("rl")(rl.rl_command)
 app.command("remap")(pipeline.remap_command)
 app.command("reflect")(pipeline.reflect_command)
 app.command("adjust")(pipeline.adjust_command)
+app.command("report")(report.report_command)
 pending.register(app)  # stages that later work builds
 
 

@@ -8,7 +8,6 @@ from convrec.cli.common import err_console
 
 PENDING = {
     "demo": "Run the whole ConvRec-R1 pipeline on the embedded synthetic world.",
-    "report": "Plot training curves and metrics of runs into PNGs and a summary page.",
 }
 
 

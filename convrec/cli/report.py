@@ -1,0 +1,54 @@
+"""`convrec report`: thin shell over `convrec.report` (PNG curves + index.md from run folders and eval JSONs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from convrec.cli.common import console
+from convrec.errors import ConvrecError
+
+
+def report_command(
+    runs: list[Path] | None = typer.Argument(
+        None, help="Run folders written by `convrec sft` / `convrec rl` (metrics.jsonl, config.json)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder for the PNGs and index.md."),
+    metrics: list[Path] | None = typer.Option(
+        None, "--metrics", help="Eval JSON written by `convrec eval ... --json M.json` (repeatable)."
+    ),
+    smooth: int = typer.Option(0, "--smooth", help="Moving-average window in steps (0: about 1/15 of a run; 1: off)."),
+) -> None:
+    """Plot training curves and eval metrics of runs into PNGs and a Markdown summary page."""
+    if not runs and not metrics:
+        raise ConvrecError("no runs given: pass run folders (and/or eval JSON files with --metrics)")
+    if smooth < 0:
+        raise ConvrecError(f"--smooth must be 0 (auto) or a positive window, got {smooth}")
+    from convrec import report  # matplotlib loads only for this command
+
+    loaded = report.load_runs(runs or [])
+    evals = report.load_evals(metrics or [])
+    with console.status("drawing figures"):
+        result = report.write_report(loaded, evals, out, smooth)
+    for note in (n for r in loaded for n in r.notes):
+        console.print(f"[yellow]{note}[/]")
+    if loaded:
+        console.print(_table("runs", *report.run_rows(loaded)))
+    if evals:
+        console.print(_table("evaluation", *report.eval_rows(evals)))
+    drawn = [f for f in result.figures if f.file]
+    for f in result.figures:
+        if not f.file:
+            console.print(f"[dim]skipped {f.title}: {f.caption}[/]")
+    console.print(f"{len(drawn)} figures; report written to {result.index}")
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
