@@ -69,7 +69,7 @@ def test_help_lists_every_command():
 
 
 def test_pending_commands_say_so(tiny_data):
-    proc = run_cli("report", "runs")
+    proc = run_cli("demo")
     assert_user_error(proc, "not available yet")
 
 
