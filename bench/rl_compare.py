@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
@@ -89,6 +90,12 @@ def main() -> None:
     for col in ("run", "test N@20 last", "test N@20 best", "test R@20 last", "val N@20 start → end (max)",
                 "min rollout in-cat", "test in-cat last"):  # fmt: skip
         table.add_column(col, justify="left" if col == "run" else "right")
+    jobs = [(Path(args.init), args.out / "test_sft")]
+    for level, mu, seed in plan:
+        name = f"{level}_mu{mu}_s{seed}"
+        jobs += [(args.out / name / ck, args.out / f"test_{name}_{ck}") for ck in ("last", "best")]
+    with ThreadPoolExecutor(args.parallel) as pool:  # each job is its own process
+        list(pool.map(lambda j: test_metrics(j[0], args.data, j[1]), jobs))
     sft = test_metrics(Path(args.init), args.data, args.out / "test_sft")
     table.add_row("SFT", f"{sft['ndcg@20']:.4f}", "", f"{sft['recall@20']:.4f}", "", "", f"{sft['in_catalog']:.1%}")
     for level, mu, seed in plan:
