@@ -41,6 +41,15 @@ def mean_across_ranks(value: float) -> float:
     return float(t) / world_size()
 
 
+def mean_across_ranks_many(values: list[float]) -> list[float]:
+    """Element-wise mean of a list of floats over all processes, in one all-reduce."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return (t / world_size()).tolist()
+
+
 def resolve_config(path: str | Path, *, micro_batch: int, grad_accum: int, max_grad_norm: float) -> dict:
     """Read a DeepSpeed JSON config and fill its "auto" values from the run's own settings."""
     path = Path(path)

@@ -288,19 +288,27 @@ def train(cfg: RLConfig, console=None) -> dict:
             step += 1
 
             gen_tokens = int((scored.seg > 0).sum())
-            last = {
-                "step": step,
-                **{k: distributed.mean_across_ranks(v) for k, v in stats.items()},
-                "reward_mean": distributed.mean_across_ranks(float(rank_r.sum(1).mean())),
-                "reward_std": float(rank_r.sum(1).std()),
-                "dcg_mean": distributed.mean_across_ranks(float(seq_r.mean())),
+            totals = rank_r.sum(1)
+            local = {
+                **stats,
+                "reward_mean": float(totals.mean()),
+                "reward_sq": float((totals**2).mean()),
+                "dcg_mean": float(seq_r.mean()),
                 "hits_per_list": float(scored.rel.sum(1).mean()),
-                "rank_reward": [round(float(x), 5) for x in rank_r.mean(0)],
                 "zero_std_groups": rank_grpo.zero_std_fraction(seq_r, cfg.group_size),
                 "zero_std_ranks": rank_grpo.zero_std_fraction(rank_r, cfg.group_size),
                 "items_per_list": scored.items_per_list,
-                "in_catalog": distributed.mean_across_ranks(scored.in_catalog),
+                "in_catalog": scored.in_catalog,
                 "format_valid": scored.format_valid,
+            }
+            # every statistic is over all processes' rollouts (equal counts per process)
+            flat = distributed.mean_across_ranks_many([*local.values(), *rank_r.mean(0).tolist()])
+            last = dict(zip(local, flat[: len(local)], strict=True))
+            last["reward_std"] = math.sqrt(max(0.0, last.pop("reward_sq") - last["reward_mean"] ** 2))
+            last = {
+                "step": step,
+                **last,
+                "rank_reward": [round(x, 5) for x in flat[len(local) :]],
                 "rollout_s": rollout_s,
                 "update_s": update_s,
                 "rollout_tokens_per_s": gen_tokens * world / max(rollout_s, 1e-9),

@@ -7,10 +7,13 @@ after its last checkpoint are dropped, so metrics.jsonl reads as if the run had 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from convrec import artifacts
 
 
 def _tensorboard(folder: Path):
@@ -22,16 +25,25 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
+def _step(line: str) -> float:
+    """A record's step; a line cut short by a kill mid-write counts as past every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 class RunLog:
     def __init__(self, out: Path, config: dict, *, resumed_step: int | None, main: bool):
         self.path, self.main, self.board = Path(out) / "metrics.jsonl", main, None
         if not main:
             return
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "config.json").write_text(json.dumps(config, indent=2))
+        artifacts.write_json(config, Path(out) / "config.json")
         if resumed_step is not None and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= resumed_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [ln for ln in self.path.read_text().splitlines() if _step(ln) <= resumed_step]
+            with artifacts.atomic_path(self.path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in kept))
         elif resumed_step is None:
             self.path.write_text("")
         self.board = _tensorboard(Path(out) / "tensorboard")
