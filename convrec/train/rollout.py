@@ -143,6 +143,10 @@ class VLLMEngine:
             )
         if not torch.cuda.is_available():
             raise ConvrecError("--engine vllm needs a CUDA GPU; use --engine hf on this machine")
+        import os
+
+        # keep the engine core in this process, so weight syncs hand tensors over instead of pickling them
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         self.llm = LLM(
