@@ -171,6 +171,16 @@ def test_fit_learns_the_bias_the_teacher_missed() -> None:
     assert np.allclose(w2, 1, atol=1e-2) and np.allclose(b2, 0, atol=1e-2)  # a huge penalty keeps the identity
 
 
+def test_ground_truth_first_by_hand() -> None:
+    rows = np.array([[4, 2, 7, -1], [1, 3, 5, 6]])
+    fields = {"score": np.array([[0.9, 0.8, 0.7, np.nan], [0.4, 0.3, 0.2, 0.1]])}
+    out_rows, out = adjust.ground_truth_first(rows, fields, [np.array([7, 9]), np.array([], dtype=np.int64)])
+    # sample 0: answers 7 (a candidate: keeps 0.7) and 9 (not one: NaN) lead, then 4 and 2; sample 1 unchanged
+    assert out_rows.tolist() == [[7, 9, 4, 2], [1, 3, 5, 6]]
+    assert np.allclose(out["score"][0], [0.7, np.nan, 0.9, 0.8], equal_nan=True)
+    assert np.allclose(out["score"][1], fields["score"][1])
+
+
 def test_fit_without_ground_truth_is_a_user_error() -> None:
     with pytest.raises(ConvrecError, match="no ground-truth"):
         adjust.fit(
@@ -248,6 +258,22 @@ def test_remap_reflect_adjust_cli_on_the_synthetic_world(tmp_path: Path, stage1_
     assert sft["ground_truth"].list.len().min() == 20
     assert sft["target_text"][0].count("\n") == 19
     assert {"target_item_ids", "candidates", "split_ground_truth"} <= set(sft.columns)
+    # --ground-truth-first: each target starts with that conversation's answers, then the adjusted list
+    proc = run_cli("adjust", "--in", tmp_path / "reflect.parquet", "--data", data, "--out", tmp_path / "gtf.parquet",
+                   "--ground-truth-first")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    gtf = artifacts.read(tmp_path / "gtf.parquet", "samples")
+    answers = dict(zip(train["sample_id"], train["ground_truth"].to_list(), strict=True))
+
+    def rows_of(items: list[dict]) -> list[int]:
+        return [cat.lookup(x["title"], x["year"]) for x in items]
+
+    for sid, target, plain in zip(gtf["sample_id"], gtf["ground_truth"].to_list(), sft["ground_truth"].to_list(),
+                                  strict=True):  # fmt: skip
+        gt = [r for r in dict.fromkeys(rows_of(answers[sid])) if r >= 0]  # answers outside the catalog drop out
+        got = rows_of(target)
+        assert got[: len(gt)] == gt and len(got) == 20
+        assert got[len(gt) :] == [r for r in rows_of(plain) if r not in gt][: 20 - len(gt)]
 
 
 @pytest.mark.parametrize(

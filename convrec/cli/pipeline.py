@@ -337,6 +337,12 @@ def adjust_command(
     max_iter: int = typer.Option(100, "--max-iter", help="L-BFGS iterations."),
     n: int = typer.Option(20, "--n", help="Target list length."),
     top_m: int = typer.Option(200, "--top-m", help="Candidates written per conversation."),
+    ground_truth_first: bool = typer.Option(
+        False,
+        "--ground-truth-first",
+        help="Targets start with each conversation's ground-truth items, then the adjusted list (training "
+        "sets only: evaluating such a file counts the answers).",
+    ),
 ) -> None:
     """Fit per-item w, b on training ground truth (popularity-bias correction) and write the SFT set."""
     import numpy as np
@@ -383,6 +389,8 @@ def adjust_command(
         stats.apply_ll_before = adjust.total_ll(chunks, torch.ones(len(catalog)), torch.zeros(len(catalog))) / n_gt
         stats.apply_ll_after = adjust.total_ll(chunks, torch.from_numpy(w), torch.from_numpy(b)) / n_gt
     new_rows, new_fields = adjust.apply(rows_a, fields_a, seen_a, w, b, cfg)
+    if ground_truth_first:
+        new_rows, new_fields = adjust.ground_truth_first(new_rows, new_fields, gt_a)
     popular = adjust.popular_items(gt_rows(load_split(data, "train")), catalog, cfg.top_share)
     stats.popular_items = len(popular)
     stats.popular_share_in = adjust.popular_share([r[r >= 0][:n] for r in rows_a], popular)
@@ -393,6 +401,7 @@ def adjust_command(
     )
     params = {
         **vars(cfg),
+        "ground_truth_first": ground_truth_first,
         "fit_on": str(fit_on or inp),
         "stats": stats.as_dict(),
         "input_provenance": artifacts.provenance(inp).get("params", {}),

@@ -191,6 +191,30 @@ def apply(
     return out_rows, out
 
 
+def ground_truth_first(
+    rows: np.ndarray, fields: dict[str, np.ndarray], gt: list[np.ndarray]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each sample's ground-truth items first (in their order), then its adjusted list without them.
+
+    For training sets whose conversations come with answers: the target keeps what the user really
+    chose at the top and lets the teacher's grounded list fill the rest. A ground-truth item keeps its
+    score parts where it was among the candidates, NaN otherwise."""
+    m = rows.shape[1]
+    out_rows = np.full_like(rows, -1)
+    out = {k: np.full_like(v, np.nan) for k, v in fields.items()}
+    for i, (row, g) in enumerate(zip(rows, gt, strict=True)):
+        where = {int(r): j for j, r in enumerate(row) if r >= 0}
+        first = list(dict.fromkeys(int(x) for x in g if x >= 0))
+        rest = [int(r) for r in row if r >= 0 and int(r) not in set(first)]
+        for j, r in enumerate((first + rest)[:m]):
+            out_rows[i, j] = r
+            src = where.get(r)
+            if src is not None:
+                for k in fields:
+                    out[k][i, j] = fields[k][i, src]
+    return out_rows, out
+
+
 def popular_share(lists: list[np.ndarray], popular: set[int]) -> float:
     total = sum(len(x) for x in lists)
     return sum(int(r in popular) for x in lists for r in x.tolist()) / total if total else float("nan")
