@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 import typer
+from rich.markup import escape
 
 from convrec import __version__
-from convrec.cli import baseline, data, evaluate, model, pending, pipeline, report, rl, serve, sft
+from convrec.cli import baseline, config, data, evaluate, model, pending, pipeline, report, rl, serve, sft
 from convrec.cli.common import err_console
 from convrec.errors import ConvrecError
 
@@ -37,11 +39,22 @@ pending.register(app)  # stages that later work builds
 
 @app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    config_file: Path | None = typer.Option(
+        None,
+        "--config",
+        help="TOML or YAML file with every command's settings ([sft], [rl], [data.synth], ...); "
+        "flags on the command line win.",
+    ),
 ) -> None:
     if version:
         typer.echo(f"convrec {__version__}")
         raise typer.Exit()
+    if config_file is not None:
+        settings = config.read(config_file)
+        config.shared_keys_used(ctx.command, settings, config_file)
+        ctx.default_map = config.default_map(ctx.command, settings, config_file)
 
 
 # Recent typer vendors its own click: catch both families of usage errors.
@@ -56,12 +69,12 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except ConvrecError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except _USAGE_ERRORS as e:
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx else ""
-        err_console.print(f"[bold red]error:[/] {e.format_message()}{hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(e.format_message())}{hint}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (KeyboardInterrupt, click.Abort, typer.Abort):
         err_console.print("interrupted")
