@@ -100,6 +100,19 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     )
 
 
+def kill_after_first_checkpoint(cmd: list[str], run: Path, *, cwd: Path | None = None, timeout: float = 300) -> None:
+    """Start a training command, SIGKILL it (its whole process group) once RUN/last holds trainer state."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not (run / "last" / "trainer_state.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # a launcher and its ranks too
+    proc.wait()
+
+
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """Exit code 2, one line on stderr that mentions the needles, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)

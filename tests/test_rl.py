@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import torch
 from convrec.models.load import load_model, load_tokenizer
 from convrec.train.distributed import torchrun_command
 from convrec.train.rollout import HFEngine, SamplingConfig
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import assert_user_error, kill_after_first_checkpoint, run_cli
 
 # 2 prompts × 2 samples per step, 4-item lists: small enough for CI, big enough for every code path
 # (overflow past item 4, EOS shaping, two micro-batches).
@@ -124,13 +122,9 @@ def test_kill_and_resume_matches_uninterrupted(setup, tmp_path):
     full = run_cli("rl", "--out", tmp_path / "full", *common, timeout=600)
     assert full.returncode == 0, full.stderr
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "convrec.cli.main", "rl", "--out", str(run), *map(str, common)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run / "last" / "trainer_state.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(
+        [sys.executable, "-m", "convrec.cli.main", "rl", "--out", str(run), *map(str, common)], run
+    )
     assert torch.load(run / "last" / "trainer_state.pt", weights_only=False)["step"] == 2
     resumed = run_cli("rl", "--out", run, *common, "--resume", timeout=600)
     assert resumed.returncode == 0, resumed.stderr

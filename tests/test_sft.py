@@ -1,10 +1,8 @@
 """The real SFT loop on the synthetic world with the tiny model, through the real CLI."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import torch
 
 from convrec.models.load import load_model
 from convrec.train.distributed import torchrun_command
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import assert_user_error, kill_after_first_checkpoint, run_cli
 
 SFT_ARGS = ["--batch-size", "4", "--eval-every", "3", "--val-samples", "6", "--lr", "3e-3", "--seed", "1"]
 
@@ -87,13 +85,9 @@ def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, extra):
     expected = [r["loss"] for r in _losses(tmp_path / "full") if "loss" in r]
 
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "convrec.cli.main", "sft", "--out", str(run), *map(str, common)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (run / "last" / "trainer_state.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(
+        [sys.executable, "-m", "convrec.cli.main", "sft", "--out", str(run), *map(str, common)], run
+    )
     state = torch.load(run / "last" / "trainer_state.pt", weights_only=False)
     assert state["step"] == 3  # killed between the first checkpoint and the end
     resumed = run_cli("sft", "--out", run, *common, "--resume")
@@ -195,7 +189,6 @@ def test_resume_from_corrupt_checkpoint(setup, tmp_path):
 
 def test_zero2_kill_and_resume(setup, tmp_path):
     """SIGKILL a 2-process ZeRO-2 run after its first checkpoint; --resume reproduces the uninterrupted losses."""
-    import os
 
     cmd = torchrun_command(
         2,
@@ -213,14 +206,7 @@ def test_zero2_kill_and_resume(setup, tmp_path):
     cwd = Path(__file__).resolve().parents[1]
     subprocess.run([*cmd, "--out", str(tmp_path / "full")], check=True, capture_output=True, cwd=cwd, timeout=600)
     run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [*cmd, "--out", str(run)], cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    while not (run / "last" / "trainer_state.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
-    proc.wait()
+    kill_after_first_checkpoint([*cmd, "--out", str(run)], run, cwd=cwd)
     assert torch.load(run / "last" / "trainer_state.pt", weights_only=False)["step"] == 3
     resumed = subprocess.run(
         [*cmd, "--out", str(run), "--resume"], capture_output=True, text=True, cwd=cwd, timeout=600
