@@ -36,13 +36,10 @@ bench:
 loadtest:
 	$(BIN)/python bench/load_serve.py
 
-# The embedded default: synthetic world -> baselines -> eval (no network, no GPU).
+# The embedded default, the whole pipeline: synthetic world -> Stage 1 -> sft -> rl -> eval -> report
+# (no network, no GPU; about 6 minutes on 2 cores). Rerunning skips what is done in out/demo.
 demo: install
-	$(BIN)/convrec data synth --out out/synth --seed 0
-	$(BIN)/convrec baseline popularity --data out/synth --split test --out out/pred/popularity.parquet
-	$(BIN)/convrec baseline cooc --data out/synth --split test --out out/pred/cooc.parquet
-	$(BIN)/convrec eval out/pred/popularity.parquet out/pred/cooc.parquet --data out/synth --split test \
-		--json out/metrics.json
+	$(BIN)/convrec demo --out out/demo --size small
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -68,11 +68,6 @@ def test_help_lists_every_command():
         assert cmd in proc.stdout
 
 
-def test_pending_commands_say_so(tiny_data):
-    proc = run_cli("demo")
-    assert_user_error(proc, "not available yet")
-
-
 @pytest.fixture
 def preds(tmp_path):
     p = tmp_path / "p.parquet"

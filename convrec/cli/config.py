@@ -48,7 +48,7 @@ def _is_group(cmd) -> bool:
     return hasattr(cmd, "commands")
 
 
-def _names(cmd) -> dict[str, str]:
+def option_names(cmd) -> dict[str, str]:
     """Accepted spellings of each option → its parameter name (flag without dashes, either separator)."""
     out = {}
     for p in cmd.params:
@@ -75,7 +75,7 @@ def default_map(group, settings: dict, path: Path, prefix: str = "") -> dict:
             if sub:
                 out[name] = sub
             continue
-        names = _names(cmd)
+        names = option_names(cmd)
         entry = {names[k]: v for k, v in shared.items() if k in names}
         for k, v in table.items():
             if k not in names:
@@ -96,7 +96,7 @@ def shared_keys_used(group, settings: dict, path: Path) -> None:
             if _is_group(cmd):
                 walk(cmd)
             else:
-                known.update(_names(cmd))
+                known.update(option_names(cmd))
 
     walk(group)
     for k, v in settings.items():

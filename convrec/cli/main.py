@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from convrec import __version__
-from convrec.cli import baseline, config, data, evaluate, model, pending, pipeline, report, rl, serve, sft
+from convrec.cli import baseline, config, data, demo, evaluate, model, pipeline, report, rl, serve, sft
 from convrec.cli.common import err_console
 from convrec.errors import ConvrecError
 
@@ -34,7 +34,12 @@ app.command("remap")(pipeline.remap_command)
 app.command("reflect")(pipeline.reflect_command)
 app.command("adjust")(pipeline.adjust_command)
 app.command("report")(report.report_command)
-pending.register(app)  # stages that later work builds
+app.command("demo")(demo.demo_command)
+
+
+def click_root():
+    """The click command tree behind `app` (for the config file and the demo's flag checks)."""
+    return typer.main.get_command(app)
 
 
 @app.callback(invoke_without_command=True)

@@ -1,0 +1,104 @@
+"""`convrec demo`: thin shell over `convrec.demo` (the plan) that prints the final tables."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from convrec.cli.common import console
+from convrec.errors import ConvrecError
+
+
+def demo_command(
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("out/demo"), "--out", help="Folder for every artifact (data, stage 1, runs, pred)."),
+    size: str = typer.Option("small", "--size", help="small (≤ 10 minutes on 2 CPU cores) or medium."),
+    config_file: Path | None = typer.Option(
+        None,
+        "--config",
+        help="Pipeline file (TOML/YAML, as for `convrec --config`): its [sft], [rl], [remap], ... settings "
+        "override the demo's defaults; `data = DIR` runs on your own data instead of the synthetic world.",
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Your data folder (catalog + train/val/test) instead of the synthetic world."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the world, the student and every run."),
+    nproc: int = typer.Option(
+        1, "--nproc", help="Processes for sft and rl (torchrun; set `deepspeed` in the config for ZeRO-2)."
+    ),
+    restart: bool = typer.Option(False, "--restart", help="Rerun every step, even those already done in --out."),
+) -> None:
+    """The whole ConvRec-R1 pipeline on the embedded default: world → Stage 1 → SFT → RL → eval → report."""
+    from convrec import demo
+    from convrec.cli import config
+    from convrec.cli.main import click_root
+
+    if config_file is None and ctx.parent is not None:  # `convrec --config F demo` passes the file on too
+        config_file = ctx.parent.params.get("config_file")
+    settings: dict = {}
+    own = {"out": out, "size": size, "seed": seed, "data": data, "nproc": nproc}
+    if config_file is not None:
+        raw = config.read(config_file)
+        config.shared_keys_used(click_root(), raw, config_file)
+        settings = config.default_map(click_root(), raw, config_file)
+        mine = settings.get("demo", {})  # [demo] and shared keys such as `data`; the command line wins
+        for name, value in mine.items():
+            if ctx.get_parameter_source(name).name in ("DEFAULT", "DEFAULT_MAP"):
+                own[name] = value
+    out, size, seed, data, nproc = (own[k] for k in ("out", "size", "seed", "data", "nproc"))
+    if size not in demo.SIZES:
+        raise ConvrecError(f"--size must be one of {', '.join(demo.SIZES)}, got '{size}'")
+    if nproc < 1:
+        raise ConvrecError(f"--nproc must be at least 1, got {nproc}")
+    if data is not None and not Path(data).is_dir():
+        raise ConvrecError(f"--data {data}: no such data folder")
+    opts = demo.Options(
+        out=Path(out),
+        size=size,
+        seed=seed,
+        data=Path(data) if data is not None else None,
+        config=config_file,
+        nproc=nproc,
+        settings=settings,
+    )
+    t0 = time.perf_counter()
+    state = demo.run(opts, console, restart=restart)
+    wall = time.perf_counter() - t0
+
+    steps = Table(title="stages")
+    for col in ("step", "seconds", ""):
+        steps.add_column(col, justify="right" if col == "seconds" else "left")
+    for key, rec in state["steps"].items():
+        steps.add_row(key, f"{rec['seconds']:.1f}", "" if key in state["ran"] else "done by an earlier run")
+    console.print(steps)
+
+    ks = (5, 10, 20)
+    table = Table(title="test split (from metrics.json)")
+    table.add_column("model")
+    for name in ("R", "N"):
+        for k in ks:
+            table.add_column(f"{name}@{k}", justify="right")
+    table.add_column("in-catalog", justify="right")
+    for label, s in demo.final_rows(opts.out / "metrics.json", ks):
+        table.add_row(
+            label,
+            *[f"{s[f'recall@{k}']:.4f}" for k in ks],
+            *[f"{s[f'ndcg@{k}']:.4f}" for k in ks],
+            f"{s['in_catalog']:.1%}",
+        )
+    console.print(table)
+    data_dir = opts.data or opts.out / "data"
+    ran = len(state["ran"])
+    console.print(f"wall time {wall / 60:.1f} min ({ran} of {len(state['steps'])} steps ran now)", highlight=False)
+    console.print(f"report: {escape(str(opts.out / 'report' / 'index.md'))}")
+    console.print("try the recommender:")
+    console.print(
+        f"  convrec serve --model {escape(str(opts.out / 'runs' / 'rank_grpo' / 'last'))} "
+        f"--catalog {escape(str(data_dir))} --port 8000   # then open http://127.0.0.1:8000/",
+        soft_wrap=True,
+        highlight=False,
+    )

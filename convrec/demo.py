@@ -1,0 +1,333 @@
+"""`convrec demo`: the whole ConvRec-R1 pipeline as a plan of ordinary `convrec` commands.
+
+synthetic world → baselines → teacher on train (remap → reflect → adjust = the SFT set) → teacher
+on test (remapped, as a zero-shot row) → model init → sft → rl (GRPO and Rank-GRPO) → generate →
+eval → report. Each step runs the real command in this process with the flags printed before it,
+and writes under `--out`, so any single stage can be rerun by hand from the same files.
+
+Flags come from three places, weakest first: the demo's defaults for the chosen size, the
+pipeline config file (`[sft]`, `[rl]`, ... as for `convrec --config`), and the wiring the demo
+owns (every `--out`/`--in`/`--data`/`--split`/`--init`/`--level`, which must point at the demo's
+own files). `OUT/demo.json` records each finished step with its exact command line: a rerun skips
+steps whose command and outputs are unchanged, reruns everything after the first one that
+changed, and continues a killed sft or rl run with `--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from convrec import artifacts
+from convrec.errors import ConvrecError
+
+STATE_FILE = "demo.json"
+
+# Per size: the defaults a config file may override. `small` is the README's first command
+# (≤ 10 minutes on 2 CPU cores); `medium` is a larger world and a larger student.
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "small": {
+        "data synth": {"size": "small"},
+        "model init": {"size": "tiny"},
+        "sft": {"max_steps": 500, "lr": 2e-3, "eval_every": 250, "val_samples": 50, "batch_size": 16},
+        "rl": {"max_steps": 12, "lr": 2e-5, "eval_every": 12, "val_samples": 50, "group_size": 8},
+    },
+    "medium": {
+        "data synth": {"size": "medium"},
+        "model init": {"size": "small"},
+        "sft": {"max_steps": 2000, "lr": 1e-3, "eval_every": 250, "val_samples": 200, "batch_size": 16},
+        "rl": {"max_steps": 100, "lr": 2e-5, "eval_every": 25, "val_samples": 200, "group_size": 8},
+    },
+}
+
+# The final table: prediction file stem → row label, in the order the method builds them.
+ROWS = {
+    "popularity": "popularity",
+    "cooc": "co-occurrence",
+    "teacher_raw": "teacher (zero-shot, raw)",
+    "teacher_remapped": "teacher (zero-shot, remapped)",
+    "sft": "SFT",
+    "sft_grpo": "SFT + GRPO",
+    "sft_rank_grpo": "SFT + Rank-GRPO",
+}
+
+
+@dataclass
+class Step:
+    key: str  # name in the stage table and in OUT/demo.json
+    title: str
+    command: list[str]  # e.g. ["sft"], ["data", "synth"]
+    fixed: dict[str, Any]  # the demo's wiring: always on the command line
+    tunable: dict[str, Any] = field(default_factory=dict)  # defaults a config file may override
+    args: list[str] = field(default_factory=list)  # positional arguments
+    outputs: list[Path] = field(default_factory=list)  # all exist once the step succeeded
+    run_dir: Path | None = None  # sft / rl: continue with --resume from RUN/last
+
+
+@dataclass
+class Options:
+    out: Path
+    size: str = "small"
+    seed: int = 0
+    data: Path | None = None  # a user's data folder instead of the synthetic world
+    config: Path | None = None
+    nproc: int = 1  # processes for sft and rl (torchrun); 1 runs them in this process
+    settings: dict = field(default_factory=dict)  # config default_map: command path → {param: value}
+
+
+def configured(opts: Options, command: list[str]) -> dict[str, Any]:
+    """What the config file sets for one command (param name → value)."""
+    node: Any = opts.settings
+    for part in command:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node if isinstance(node, dict) else {}
+
+
+def plan(opts: Options) -> list[Step]:
+    out, sizes = opts.out, SIZES[opts.size]
+    data = opts.data or out / "data"
+    pred, s1, runs = out / "pred", out / "stage1", out / "runs"
+    synthetic = opts.data is None or (Path(opts.data) / "latent.parquet").exists()
+    teacher = "synthetic" if synthetic else "cooc"  # an offline teacher either way; a config names a real one
+    sft_model = configured(opts, ["sft"]).get("model")
+    steps: list[Step] = []
+    if opts.data is None:
+        steps.append(
+            Step(
+                "synth",
+                "synthetic world (catalog, train/val/test conversations)",
+                ["data", "synth"],
+                {"out": data},
+                {"seed": opts.seed, **sizes["data synth"]},
+                outputs=[data / "catalog.parquet", data / "test.parquet"],
+            )
+        )
+    for kind in ("popularity", "cooc"):
+        steps.append(
+            Step(
+                kind,
+                f"{kind} baseline on test",
+                ["baseline", kind],
+                {"data": data, "split": "test", "out": pred / f"{kind}.parquet"},
+                outputs=[pred / f"{kind}.parquet"],
+            )
+        )
+    stage1 = {"teacher": teacher, "seed": opts.seed}
+    steps += [
+        Step(
+            "remap",
+            "teacher lists on train, projected onto the catalog",
+            ["remap"],
+            {"data": data, "split": "train", "out": s1 / "remap_train.parquet"},
+            stage1,
+            outputs=[s1 / "remap_train.parquet"],
+        ),
+        Step(
+            "reflect",
+            "judge re-scores the candidates",
+            ["reflect"],
+            {"in": s1 / "remap_train.parquet", "data": data, "out": s1 / "reflect_train.parquet"},
+            {"judge": "embed", "gamma": 0.05},
+            outputs=[s1 / "reflect_train.parquet"],
+        ),
+        Step(
+            "adjust",
+            "popularity-bias correction → the SFT set",
+            ["adjust"],
+            {"in": s1 / "reflect_train.parquet", "data": data, "out": s1 / "sft_set.parquet"},
+            {"ground_truth_first": True},
+            outputs=[s1 / "sft_set.parquet"],
+        ),
+        Step(
+            "teacher-test",
+            "teacher zero-shot on test, raw and remapped",
+            ["remap"],
+            {
+                "data": data,
+                "split": "test",
+                "out": pred / "teacher_remapped.parquet",
+                "raw_out": pred / "teacher_raw.parquet",
+            },
+            stage1,
+            outputs=[pred / "teacher_remapped.parquet", pred / "teacher_raw.parquet"],
+        ),
+    ]
+    if sft_model is None:
+        steps.append(
+            Step(
+                "model-init",
+                "student model built locally (tokenizer + random Llama)",
+                ["model", "init"],
+                {"data": data, "out": out / "model"},
+                {"seed": opts.seed, **sizes["model init"]},
+                outputs=[out / "model" / "config.json"],
+            )
+        )
+    steps.append(
+        Step(
+            "sft",
+            "behaviour cloning on the SFT set",
+            ["sft"],
+            {"data": data, "out": runs / "sft", "sft_set": s1 / "sft_set.parquet"},
+            {"model": out / "model", "seed": opts.seed, **sizes["sft"]},
+            outputs=[runs / "sft" / "best" / "config.json"],
+            run_dir=runs / "sft",
+        )
+    )
+    for level, name in (("token", "grpo"), ("rank", "rank_grpo")):
+        steps.append(
+            Step(
+                name.replace("_", "-"),
+                f"{'GRPO (token level)' if level == 'token' else 'Rank-GRPO'} from the SFT model",
+                ["rl"],
+                {"init": runs / "sft" / "best", "data": data, "out": runs / name, "level": level},
+                {"seed": opts.seed, **sizes["rl"]},
+                outputs=[runs / name / "last" / "config.json"],
+                run_dir=runs / name,
+            )
+        )
+    # RL rows use the trained policy (RUN/last): RUN/best may be the step-0 validation, i.e. the SFT model
+    for model, stem in (("sft/best", "sft"), ("grpo/last", "sft_grpo"), ("rank_grpo/last", "sft_rank_grpo")):
+        steps.append(
+            Step(
+                f"generate-{stem.replace('_', '-')}",
+                f"greedy lists on test from runs/{model}",
+                ["generate"],
+                {"model": runs / model, "data": data, "split": "test", "out": pred / f"{stem}.parquet"},
+                outputs=[pred / f"{stem}.parquet"],
+            )
+        )
+    steps += [
+        Step(
+            "eval",
+            "Recall/NDCG@k on test",
+            ["eval"],
+            {"data": data, "split": "test", "k": "5,10,20", "json": out / "metrics.json"},
+            args=[str(pred / f"{stem}.parquet") for stem in ROWS],
+            outputs=[out / "metrics.json"],
+        ),
+        Step(
+            "report",
+            "training curves and metric plots",
+            ["report"],
+            {"out": out / "report", "metrics": [out / "metrics.json"]},
+            args=[str(runs / r) for r in ("sft", "grpo", "rank_grpo")],
+            outputs=[out / "report" / "index.md"],
+        ),
+    ]
+    return steps
+
+
+def argv(step: Step, opts: Options, root) -> list[str]:
+    """The step's command line: fixed wiring always, defaults only where the config is silent."""
+    cmd = root
+    for part in step.command:
+        cmd = cmd.commands[part]
+    from convrec.cli.config import option_names
+
+    params, names = {p.name: p for p in cmd.params}, option_names(cmd)
+    from_config = configured(opts, step.command)
+    flags = {**{k: v for k, v in step.tunable.items() if names.get(k) not in from_config}, **step.fixed}
+    words = ["--config", str(opts.config)] if opts.config else []
+    words += [*step.command, *step.args]
+    for name, value in flags.items():
+        p = params.get(names.get(name, ""))
+        if p is None:  # a demo bug, caught by the tests
+            raise ConvrecError(f"demo step '{step.key}': '{' '.join(step.command)}' has no option '{name}'")
+        if isinstance(value, bool):
+            opt = p.opts[0] if value else (p.secondary_opts or [None])[0]
+            if opt is None:
+                continue
+            words.append(opt)
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            words += [p.opts[0], str(v)]
+    return words
+
+
+def _load_state(out: Path) -> dict:
+    path = out / STATE_FILE
+    if not path.exists():
+        return {"steps": {}}
+    try:
+        state = json.loads(path.read_text())
+        assert isinstance(state.get("steps"), dict)
+        return state
+    except (json.JSONDecodeError, AssertionError, AttributeError):
+        raise ConvrecError(f"{path}: not a demo state file (delete it, or use another --out)") from None
+
+
+def run(opts: Options, console, restart: bool = False) -> dict:
+    """Run (or continue) the plan; returns the state with per-step seconds and the metrics."""
+    from rich.markup import escape
+
+    from convrec.cli.main import app, click_root
+    from convrec.train import checkpoint, distributed
+
+    root = click_root()
+    out = opts.out
+    if out.exists() and not out.is_dir():
+        raise ConvrecError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"steps": {}} if restart else _load_state(out)
+    steps = plan(opts)
+    state["ran"] = []
+    changed = False  # once a step reruns, every later step reruns too
+    started = time.perf_counter()
+    for i, step in enumerate(steps, 1):
+        words = argv(step, opts, root)
+        done = state["steps"].get(step.key, {})
+        # the command line names the config file, not its contents: the step's settings count too
+        settings = json.loads(json.dumps(configured(opts, step.command), default=str))
+        same = done.get("argv") == words and done.get("settings", {}) == settings
+        up_to_date = not changed and same and done.get("ok") and all(p.exists() for p in step.outputs)
+        console.rule(f"[bold][{i}/{len(steps)}] {step.key}[/]: {escape(step.title)}")
+        if up_to_date:
+            console.print(f"[dim]up to date ({done['seconds']:.1f} s when it ran); skipped[/]")
+            continue
+        resume = (
+            not changed and step.run_dir is not None and same and (step.run_dir / "last" / checkpoint.STATE).exists()
+        )
+        changed = True
+        if resume:  # a killed sft/rl run with the same inputs and flags continues exactly
+            words = [*words, "--resume"]
+        console.print(f"[dim]$ convrec {escape(' '.join(words))}[/]", soft_wrap=True)
+        state["steps"][step.key] = {
+            "argv": words[: len(words) - resume],
+            "settings": settings,
+            "ok": False,
+            "seconds": 0.0,
+        }
+        artifacts.write_json(state, out / STATE_FILE)
+        t0 = time.perf_counter()
+        try:
+            if step.run_dir is not None and opts.nproc > 1:  # sft / rl in N processes (DeepSpeed from the config)
+                code = subprocess.run(distributed.torchrun_command(opts.nproc, *words)).returncode
+            else:
+                code = app(args=words, standalone_mode=False, prog_name="convrec")
+        except ConvrecError as e:
+            raise ConvrecError(
+                f"demo step '{step.key}' failed: {e} (fix it, then rerun the same demo command to continue here)"
+            ) from None
+        if code not in (None, 0):
+            raise ConvrecError(f"demo step '{step.key}' exited with code {code}")
+        missing = [str(p) for p in step.outputs if not p.exists()]
+        if missing:
+            raise ConvrecError(f"demo step '{step.key}' finished without writing {', '.join(missing)}")
+        state["steps"][step.key].update(ok=True, seconds=time.perf_counter() - t0)
+        state["ran"].append(step.key)
+        artifacts.write_json(state, out / STATE_FILE)
+    state["wall_seconds_this_run"] = time.perf_counter() - started
+    artifacts.write_json(state, out / STATE_FILE)
+    return state
+
+
+def final_rows(metrics_json: Path, ks=(5, 10, 20)) -> list[tuple[str, dict]]:
+    """(label, summary) per prediction file of the eval JSON, in the table's order."""
+    results = json.loads(Path(metrics_json).read_text())["results"]
+    by_stem = {Path(p).stem: s for p, s in results.items()}
+    return [(label, by_stem[stem]) for stem, label in ROWS.items() if stem in by_stem]
