@@ -182,3 +182,28 @@ def test_readme_pipeline_file_is_valid(tmp_path):
     assert "synth" not in a and "model-init" not in a  # own data, a hub model
     assert _flag(a["sft"], "--data") == "data/reddit_v2" and "--model" not in a["sft"]
     assert opts.settings["rl"]["engine"] == "vllm" and opts.settings["sft"]["deepspeed"] == "ds_configs/zero2.json"
+
+
+@pytest.mark.slow
+def test_killed_demo_continues_sft_with_resume(tmp_path):
+    """SIGKILL the demo once sft has a checkpoint: the rerun skips Stage 1 and resumes sft exactly."""
+    import sys
+
+    from tests.conftest import kill_after_first_checkpoint
+
+    data = small_world(tmp_path / "world")
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.format(sft_steps=9, rl_steps=1))
+    out = tmp_path / "demo"
+    args = ["demo", "--config", cfg, "--data", data, "--out", out]
+    kill_after_first_checkpoint([sys.executable, "-m", "convrec.cli.main", *map(str, args)], out / "runs" / "sft")
+    state = json.loads((out / "demo.json").read_text())
+    assert state["steps"]["adjust"]["ok"] and not state["steps"]["sft"]["ok"]
+    proc = run_cli(*args, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sft_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("$ convrec") and " sft " in ln)
+    assert sft_line.rstrip().endswith("--resume")
+    ran = json.loads((out / "demo.json").read_text())["ran"]
+    assert ran[0] == "sft" and "remap" not in ran
+    steps = [json.loads(ln)["step"] for ln in (out / "runs/sft/metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 9 and len([s for s in steps if s == 9]) >= 1
