@@ -238,11 +238,8 @@ def argv(step: Step, opts: Options, root) -> list[str]:
         p = params.get(names.get(name, ""))
         if p is None:  # a demo bug, caught by the tests
             raise ConvrecError(f"demo step '{step.key}': '{' '.join(step.command)}' has no option '{name}'")
-        if isinstance(value, bool):
-            opt = p.opts[0] if value else (p.secondary_opts or [None])[0]
-            if opt is None:
-                continue
-            words.append(opt)
+        if isinstance(value, bool):  # --flag, or its --no-flag form when the option has one
+            words += [p.opts[0]] if value else p.secondary_opts[:1]
             continue
         for v in value if isinstance(value, list) else [value]:
             words += [p.opts[0], str(v)]
@@ -255,14 +252,15 @@ def _load_state(out: Path) -> dict:
         return {"steps": {}}
     try:
         state = json.loads(path.read_text())
-        assert isinstance(state.get("steps"), dict)
-        return state
-    except (json.JSONDecodeError, AssertionError, AttributeError):
-        raise ConvrecError(f"{path}: not a demo state file (delete it, or use another --out)") from None
+    except json.JSONDecodeError:
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("steps"), dict):
+        raise ConvrecError(f"{path}: not a demo state file (delete it, or use another --out)")
+    return state
 
 
 def run(opts: Options, console, restart: bool = False) -> dict:
-    """Run (or continue) the plan; returns the state with per-step seconds and the metrics."""
+    """Run (or continue) the plan; returns the state: per-step seconds, the steps run now, the wall time."""
     from rich.markup import escape
 
     from convrec.cli.main import app, click_root
@@ -293,15 +291,10 @@ def run(opts: Options, console, restart: bool = False) -> dict:
             not changed and step.run_dir is not None and same and (step.run_dir / "last" / checkpoint.STATE).exists()
         )
         changed = True
+        state["steps"][step.key] = {"argv": words, "settings": settings, "ok": False, "seconds": 0.0}
         if resume:  # a killed sft/rl run with the same inputs and flags continues exactly
             words = [*words, "--resume"]
         console.print(f"[dim]$ convrec {escape(' '.join(words))}[/]", soft_wrap=True)
-        state["steps"][step.key] = {
-            "argv": words[: len(words) - resume],
-            "settings": settings,
-            "ok": False,
-            "seconds": 0.0,
-        }
         artifacts.write_json(state, out / STATE_FILE)
         t0 = time.perf_counter()
         try:
@@ -326,7 +319,7 @@ def run(opts: Options, console, restart: bool = False) -> dict:
     return state
 
 
-def final_rows(metrics_json: Path, ks=(5, 10, 20)) -> list[tuple[str, dict]]:
+def final_rows(metrics_json: Path) -> list[tuple[str, dict]]:
     """(label, summary) per prediction file of the eval JSON, in the table's order."""
     results = json.loads(Path(metrics_json).read_text())["results"]
     by_stem = {Path(p).stem: s for p, s in results.items()}

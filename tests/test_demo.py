@@ -21,7 +21,7 @@ def _opts(tmp_path: Path, text: str | None = None, **kw) -> demo.Options:
     if text is not None:
         path = tmp_path / "pipeline.toml"
         path.write_text(text)
-        settings = config.default_map(click_root(), config.read(path), path)
+        settings = config.load(click_root(), path)
     return demo.Options(out=tmp_path / "out", config=path, settings=settings, **kw)
 
 

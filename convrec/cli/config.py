@@ -87,6 +87,13 @@ def default_map(group, settings: dict, path: Path, prefix: str = "") -> dict:
     return out
 
 
+def load(group, path: Path) -> dict:
+    """Read a pipeline file and validate it against ``group``: click's default_map for it."""
+    settings = read(path)
+    shared_keys_used(group, settings, path)
+    return default_map(group, settings, path)
+
+
 def shared_keys_used(group, settings: dict, path: Path) -> None:
     """A shared key that no command has is a typo: say so."""
     known: set[str] = set()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
@@ -42,9 +41,7 @@ def demo_command(
     settings: dict = {}
     own = {"out": out, "size": size, "seed": seed, "data": data, "nproc": nproc}
     if config_file is not None:
-        raw = config.read(config_file)
-        config.shared_keys_used(click_root(), raw, config_file)
-        settings = config.default_map(click_root(), raw, config_file)
+        settings = config.load(click_root(), config_file)
         mine = settings.get("demo", {})  # [demo] and shared keys such as `data`; the command line wins
         for name, value in mine.items():
             if ctx.get_parameter_source(name).name in ("DEFAULT", "DEFAULT_MAP"):
@@ -65,9 +62,7 @@ def demo_command(
         nproc=nproc,
         settings=settings,
     )
-    t0 = time.perf_counter()
     state = demo.run(opts, console, restart=restart)
-    wall = time.perf_counter() - t0
 
     steps = Table(title="stages")
     for col in ("step", "seconds", ""):
@@ -83,7 +78,7 @@ def demo_command(
         for k in ks:
             table.add_column(f"{name}@{k}", justify="right")
     table.add_column("in-catalog", justify="right")
-    for label, s in demo.final_rows(opts.out / "metrics.json", ks):
+    for label, s in demo.final_rows(opts.out / "metrics.json"):
         table.add_row(
             label,
             *[f"{s[f'recall@{k}']:.4f}" for k in ks],
@@ -93,7 +88,8 @@ def demo_command(
     console.print(table)
     data_dir = opts.data or opts.out / "data"
     ran = len(state["ran"])
-    console.print(f"wall time {wall / 60:.1f} min ({ran} of {len(state['steps'])} steps ran now)", highlight=False)
+    minutes = state["wall_seconds_this_run"] / 60
+    console.print(f"wall time {minutes:.1f} min ({ran} of {len(state['steps'])} steps ran now)", highlight=False)
     console.print(f"report: {escape(str(opts.out / 'report' / 'index.md'))}")
     console.print("try the recommender:")
     console.print(

@@ -57,9 +57,7 @@ def _root(
         typer.echo(f"convrec {__version__}")
         raise typer.Exit()
     if config_file is not None:
-        settings = config.read(config_file)
-        config.shared_keys_used(ctx.command, settings, config_file)
-        ctx.default_map = config.default_map(ctx.command, settings, config_file)
+        ctx.default_map = config.load(ctx.command, config_file)
 
 
 # Recent typer vendors its own click: catch both families of usage errors.
