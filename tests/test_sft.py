@@ -109,6 +109,19 @@ def test_lora_trains_adapters_and_saves_plain_models(setup, tmp_path):
     assert changed and all("proj" in n for n in changed)  # only the adapted linear layers moved
 
 
+def test_weight_decay_shrinks_the_weights(setup, tmp_path):
+    """Same seed and data, only --weight-decay differs: AdamW's decoupled decay gives smaller weights."""
+
+    def norm(run) -> float:
+        return float(sum(p.float().norm() ** 2 for p in load_model(run / "last").parameters()) ** 0.5)
+
+    for name, wd in (("plain", "0"), ("decay", "1.0")):
+        proc = _sft(setup, tmp_path / name, 3, "--weight-decay", wd, "--eval-every", "3", "--val-samples", "2")
+        assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "decay" / "config.json").read_text())["weight_decay"] == 1.0
+    assert norm(tmp_path / "decay") < norm(tmp_path / "plain")
+
+
 def test_sft_bad_input(setup, tmp_path):
     base = ["--data", setup / "data", "--out", tmp_path / "r", "--max-steps", "1"]
     assert_user_error(run_cli("sft", "--model", tmp_path / "nomodel", *base), "not a model folder")

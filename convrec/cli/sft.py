@@ -20,6 +20,7 @@ def sft_command(
     grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (1e-3 suits the tiny model; ~1e-5 real ones)."),
     warmup_ratio: float = typer.Option(0.05, "--warmup-ratio"),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
     max_length: int = typer.Option(1024, "--max-length", help="Context length; prompts are cut from the left."),
     eval_every: int = typer.Option(100, "--eval-every", help="Validate and checkpoint every N steps."),
     val_samples: int = typer.Option(100, "--val-samples", help="Validation samples for loss and generated metrics."),
