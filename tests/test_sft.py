@@ -113,7 +113,7 @@ def test_weight_decay_shrinks_the_weights(setup, tmp_path):
     """Same seed and data, only --weight-decay differs: AdamW's decoupled decay gives smaller weights."""
 
     def norm(run) -> float:
-        return float(sum(p.float().norm() ** 2 for p in load_model(run / "last").parameters()) ** 0.5)
+        return float(sum(p.detach().float().norm() ** 2 for p in load_model(run / "last").parameters()) ** 0.5)
 
     for name, wd in (("plain", "0"), ("decay", "1.0")):
         proc = _sft(setup, tmp_path / name, 3, "--weight-decay", wd, "--eval-every", "3", "--val-samples", "2")
