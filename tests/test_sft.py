@@ -116,7 +116,7 @@ def test_weight_decay_shrinks_the_weights(setup, tmp_path):
         return float(sum(p.detach().float().norm() ** 2 for p in load_model(run / "last").parameters()) ** 0.5)
 
     for name, wd in (("plain", "0"), ("decay", "1.0")):
-        proc = _sft(setup, tmp_path / name, 3, "--weight-decay", wd, "--eval-every", "3", "--val-samples", "2")
+        proc = _sft(setup, tmp_path / name, 3, "--weight-decay", wd, "--val-samples", "2")  # validates at step 3
         assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "decay" / "config.json").read_text())["weight_decay"] == 1.0
     assert norm(tmp_path / "decay") < norm(tmp_path / "plain")
