@@ -39,6 +39,36 @@ def load_tokenizer(name_or_path: str | Path):
     return tok
 
 
+def turn_end_id(tokenizer) -> int:
+    """The token the chat template writes right after an assistant message: what the model must learn
+    to stop with (Gemma's ``<end_of_turn>``, Qwen's ``<|im_end|>``, the tiny student's EOS)."""
+    mark = "\u2063convrec\u2063"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": mark}], tokenize=False
+        )
+    except Exception:  # a template that cannot render this pair: fall back to EOS
+        text = ""
+    after = text.partition(mark)[2]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+    # a special or added token (<end_of_turn>, <|im_end|>), not the first piece of ordinary text
+    if ids and (
+        ids[0] in tokenizer.all_special_ids or tokenizer.convert_ids_to_tokens(ids[0]) in tokenizer.get_added_vocab()
+    ):
+        return int(ids[0])
+    return int(tokenizer.eos_token_id)
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Every id that ends a turn, the training target's stop token first: the chat template's turn end,
+    the tokenizer's EOS and the model's ``generation_config.eos_token_id`` (an int or a list)."""
+    ids = [turn_end_id(tokenizer), tokenizer.eos_token_id]
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    ids += extra if isinstance(extra, list | tuple) else [extra]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
 def default_device():
     """This process's GPU when there is one (LOCAL_RANK under torchrun), else the CPU."""
     import os
