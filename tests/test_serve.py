@@ -481,6 +481,135 @@ def test_unknown_route_and_method(server):
     assert_openai_error(httpx.get(f"{server}/v1/recommend", headers=auth()), 405)
 
 
+# --- bodies that once gave 500 (issue 15), unknown fields, keep-alive after an error ------------
+LONE_SURROGATE = b'{"model": "convrec", "max_tokens": 4, "messages": [{"role": "user", "content": "hi \\ud800"}]}'
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [("/v1/recommend", b""), ("/v1/chat/completions", b""), ("/v1/chat/completions", b'"stream": true, ')],
+)
+def test_lone_surrogate_is_a_400(server, path, extra):
+    body = LONE_SURROGATE.replace(b"{", b"{" + extra, 1)
+    r = httpx.post(f"{server}{path}", content=body, headers={**auth(), "content-type": "application/json"})
+    err = assert_openai_error(r, 400, "invalid_json", "messages.0.content")
+    assert "surrogate" in err["message"]
+
+
+def test_a_surrogate_in_a_key_is_a_400(server):
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "\\udfff": 1}'
+    err = assert_openai_error(httpx.post(f"{server}/v1/recommend", content=body, headers=auth()), 400, "invalid_json")
+    assert err["param"] == "\\udfff"  # printable, so the error itself is valid UTF-8
+
+
+@pytest.mark.parametrize("depth", [50_000, 40])
+def test_deeply_nested_json_is_a_400(server, depth):
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "x": ' + b"[" * depth + b"]" * depth + b"}"
+    r = httpx.post(f"{server}/v1/chat/completions", content=body, headers=auth())
+    assert "nested more than" in assert_openai_error(r, 400, "invalid_json")["message"]
+
+
+def test_unknown_fields_are_rejected_by_name(server):
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat_body(temprature=0.5), headers=auth())
+    err = assert_openai_error(r, 400, "unknown_parameter", "temprature")
+    assert "temprature" in err["message"]
+    r = httpx.post(f"{server}/v1/recommend", json={"messages": conversation("hi"), "kk": 3}, headers=auth())
+    assert_openai_error(r, 400, "unknown_parameter", "kk")
+    # OpenAI fields that change nothing here, and message fields the API itself returns, are accepted
+    msgs = [{"role": "user", "content": "hi", "name": "ann"}, {"role": "assistant", "content": "ok", "refusal": None}]
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat_body(messages=msgs, user="u1", seed=3), headers=auth())
+    assert r.status_code == 200, r.text
+
+
+def one_connection(url: str, requests: list[tuple[str, str, bytes | None]]) -> list[tuple[int, dict, bytes]]:
+    """Send requests one after the other on a single keep-alive connection, proving it stayed the same."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    conn.connect()
+    sock, out = conn.sock, []
+    try:
+        for method, path, body in requests:
+            conn.request(method, path, body=body, headers={**auth(), "content-type": "application/json"})
+            r = conn.getresponse()
+            data = r.read()
+            out.append((r.status, {k.lower(): v for k, v in r.getheaders()}, data))
+            assert conn.sock is sock, f"the server closed the connection after {method} {path} ({r.status})"
+    finally:
+        conn.close()
+    return out
+
+
+def test_keep_alive_survives_bad_requests(server):
+    good = json.dumps({"messages": conversation("hi"), "k": 2}).encode()
+    deep = b"[" * 50_000 + b"]" * 50_000
+    got = one_connection(
+        server,
+        [
+            ("POST", "/v1/recommend", LONE_SURROGATE),
+            ("POST", "/v1/recommend", good),
+            ("POST", "/v1/chat/completions", deep),
+            ("POST", "/v1/recommend", b'{"messages": ['),
+            ("POST", "/v1/recommend", good),
+        ],
+    )
+    assert [s for s, _, _ in got] == [400, 200, 400, 400, 200]
+    assert len(json.loads(got[-1][2])["data"]) == 2
+
+
+@pytest.fixture
+def in_process(lm, catalog):
+    """The app in this process (uvicorn in a thread), so a test can make its engine fail on purpose."""
+    import threading
+
+    import uvicorn
+
+    from convrec.serve.app import ServeSettings, create_app
+    from convrec.serve.engine import Engine
+
+    tok, model = lm
+    engine = Engine(model, tok, catalog, batch_wait_s=0)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, ServeSettings()), host="127.0.0.1", port=port))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", engine
+    srv.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_an_unexpected_500_keeps_the_connection_usable(in_process, monkeypatch, caplog):
+    url, engine = in_process
+    encode = engine.encode
+
+    def flaky_encode(msgs):
+        if "boom" in msgs[-1]["content"]:
+            raise RuntimeError("a bug, on purpose")
+        return encode(msgs)
+
+    monkeypatch.setattr(engine, "encode", flaky_encode)
+    boom = json.dumps({"messages": conversation("boom"), "k": 2}).encode()
+    good = json.dumps({"messages": conversation("hi"), "k": 2}).encode()
+    stream = json.dumps({**chat_body(max_tokens=6), "stream": True}).encode()
+    got = one_connection(url, [("POST", "/v1/recommend", boom), ("POST", "/v1/recommend", good)])
+    assert [s for s, _, _ in got] == [500, 200]
+    assert json.loads(got[0][2])["error"]["type"] == "server_error"
+    assert got[0][1].get("connection") != "close"
+
+    monkeypatch.setattr(engine, "decode", lambda tokens: 1 / 0)  # fails after the stream has begun
+    got = one_connection(url, [("POST", "/v1/chat/completions", stream), ("GET", "/health", None)])
+    assert [s for s, _, _ in got] == [200, 200]
+    assert b'"server_error"' in got[0][2] and json.loads(got[1][2])["status"] == "ok"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert {r.name for r in errors} == {"convrec.serve"}  # logged by the app; none reached uvicorn
+    assert len(errors) == 2 and all(r.exc_info for r in errors)
+
+
 # --- the CLI --------------------------------------------------------------------------------------
 def test_serve_cli_errors(world, tmp_path):
     data, model = world

@@ -1,23 +1,43 @@
-"""Request bodies of the HTTP API (OpenAI's field names; unknown fields are ignored, as OpenAI's are)."""
+"""Request bodies of the HTTP API, in OpenAI's field names.
+
+An unknown top-level field is a 400 naming it (OpenAI rejects unrecognised arguments too, and a
+silently ignored ``"temprature"`` changes the answer); the OpenAI fields in `IGNORED_FIELDS` are
+accepted and ignored, since they do not change a recommendation. Inside a message, unknown fields
+(``name``, ``refusal``, ``tool_calls``, ...) are ignored, so a message the API returned can be sent
+back as it is.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class _Body(BaseModel):
-    # strict: "10" is not a number and 1 is not a boolean; extra fields (user, seed, ...) are ignored
+class _Part(BaseModel):
+    # strict: "10" is not a number and 1 is not a boolean
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
-class ContentPart(_Body):
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    # accepted for compatibility with OpenAI clients, and ignored
+    user: Any = None
+    seed: Any = None
+    metadata: Any = None
+    store: Any = None
+    service_tier: Any = None
+
+
+IGNORED_FIELDS = tuple(_Body.model_fields)
+
+
+class ContentPart(_Part):
     type: str
     text: str | None = None
 
 
-class ChatMessage(_Body):
+class ChatMessage(_Part):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
 
@@ -29,7 +49,7 @@ class ChatMessage(_Body):
         return "".join(p.text or "" for p in self.content if p.type == "text")
 
 
-class StreamOptions(_Body):
+class StreamOptions(_Part):
     include_usage: bool = False
 
 
