@@ -22,6 +22,7 @@ from functools import lru_cache
 import numpy as np
 import polars as pl
 from rapidfuzz import fuzz, process
+from rapidfuzz.distance import Levenshtein
 
 from convrec.errors import ConvrecError
 
@@ -67,6 +68,38 @@ def normalize_title(title: str) -> str:
 def years_match(a: int | None, b: int | None, tolerance: int) -> bool:
     """Years agree within the tolerance; an unknown year on either side agrees with any year."""
     return a is None or b is None or abs(a - b) <= tolerance
+
+
+def nearest_by_edits(
+    queries: Sequence[str], choices: Sequence[str], max_distance: int, *, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query, the index of the choice nearest by Levenshtein distance on lower-cased
+    strings (ties: the first choice) and that distance; index -1 when none is within
+    ``max_distance``. Exact matches come from a dict; the rest from batched `process.cdist` with
+    the distance capped at ``max_distance`` (bounded Levenshtein, C++, all cores)."""
+    lower = [c.lower() for c in choices]
+    first: dict[str, int] = {}
+    for i, c in enumerate(lower):
+        first.setdefault(c, i)
+    q = [s.lower() for s in queries]
+    idx = np.fromiter((first.get(s, -1) for s in q), dtype=np.int64, count=len(q))
+    dist = np.where(idx >= 0, 0, max_distance + 1).astype(np.int64)
+    rest = np.flatnonzero(idx < 0)
+    for start in range(0, len(rest), batch_size):
+        part = rest[start : start + batch_size]
+        d = process.cdist(
+            [q[i] for i in part],
+            lower,
+            scorer=Levenshtein.distance,
+            score_cutoff=max_distance,
+            dtype=np.int32,
+            workers=-1,
+        )
+        best = d.argmin(axis=1)
+        best_d = d[np.arange(len(part)), best]
+        ok = best_d <= max_distance
+        idx[part[ok]], dist[part[ok]] = best[ok], best_d[ok]
+    return idx, dist
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Parsing follows the paper (split on newlines, strip numbering, bullets, markdown
 read `Title (Year)`) and is lenient where real teachers are sloppy: a line without a year is
 kept as an item with ``year=None`` when it looks like a title rather than prose, and a title
 may itself contain parentheses ("Birdman (or The Unexpected Virtue of Ignorance) (2014)").
-`format_list` is the inverse, used to write training targets.
+`format_list` is the inverse, used to write training targets. `he2023_lines` reads an answer the
+way He et al. (CIKM 2023) did, for their evaluation protocol.
 """
 
 from __future__ import annotations
@@ -72,26 +73,53 @@ def parse_lines(text: str | None) -> list[Line]:
 
 
 def parse_list(text: str | None, *, dedupe: bool = False) -> list[Item]:
-    """Ordered items of a generated list. Duplicates are kept unless ``dedupe``."""
+    """Ordered items of a generated list. Duplicates (same normalised title and year, the catalog
+    matcher's key) are kept unless ``dedupe``."""
+    from convrec.catalog import normalize_title  # the matcher owns title equality
+
     items = [ln.item for ln in parse_lines(text) if ln.item is not None]
     if not dedupe:
         return items
     seen: set[tuple[str, int | None]] = set()
     out = []
     for t, y in items:
-        key = (t.casefold(), y)
+        key = (normalize_title(t), y)
         if key not in seen:
             seen.add(key)
             out.append((t, y))
     return out
 
 
-def is_format_valid(text: str | None, n: int | None = None) -> bool:
-    """Every non-blank line is `Title (Year)` (numbering tolerated) and, given n, there are n lines."""
+def is_format_valid(text: str | None, n: int | None = None, *, need_year: bool = True) -> bool:
+    """Every non-blank line is `Title (Year)` (numbering tolerated; `Title` alone when not
+    ``need_year``, for year-less catalogs) and, given n, there are n lines."""
     lines = [ln for ln in parse_lines(text) if ln.raw.strip()]
-    if not lines or any(ln.item is None or ln.item[1] is None for ln in lines):
+    if not lines or any(ln.item is None or (need_year and ln.item[1] is None) for ln in lines):
         return False
     return n is None or len(lines) == n
+
+
+_HE_PARENS = re.compile(r"\([^()]*\)")
+_HE_SPACES = re.compile(r"\s+")
+_HE_NUMBERING = re.compile(r"^(?:\d+[.)\u3001]?\s*[-\u2014\u2013]?\s*)?")
+
+
+def he2023_clean(line: str, *, numbering: bool = True) -> str:
+    """A line as He et al. clean it: parenthesised parts dropped, spaces collapsed, then (given
+    ``numbering``) a leading number with its dot, bracket or dash removed."""
+    s = _HE_SPACES.sub(" ", _HE_PARENS.sub("", line.strip())).strip()
+    return _HE_NUMBERING.sub("", s, count=1) if numbering else s
+
+
+def he2023_lines(text: str | None) -> list[str]:
+    """An answer's lines as He et al. read them: everything up to the first "1." is dropped (with
+    no "1.", commas also break lines), then each line is cleaned by `he2023_clean`. Blank lines
+    stay, as in their release: the nearest-title step maps them too (to a title of <= 2 letters)."""
+    if not text:
+        return []
+    head, sep, rest = text.partition("1.")
+    body = rest if sep else text.replace(",", "\n")
+    return [he2023_clean(line) for line in body.split("\n")]
 
 
 def format_item(title: str, year: int | None) -> str:

@@ -1,12 +1,27 @@
-"""The one metric: judge a ranked list against the ground truth, Recall@k / NDCG@k and friends.
+"""The one metric: judge ranked lists against the ground truth under a protocol, then Recall@k,
+NDCG@k (and MRR@k), vectorised over all lists at once.
 
-Rules (../shared/PAPER.md, "Metrics"): a predicted item hits a ground-truth item when the
-normalised titles agree and the years differ by at most the tolerance (2); each ground-truth item
-is hit at most once. Seen and out-of-catalog items are removed before ranking. DCG weights rank j
-(1-based) by 1/log2(j+1). The ideal DCG counts n_ideal hits at the top, where
+A protocol is data (`Protocol`, `PROTOCOLS`), not a copy of the loop; every protocol runs the same
+steps: resolve each listed item to a key (or "out of catalog"), remove seen items, mark repeats,
+assign hits, rank the filtered list. DCG weights rank j (1-based) by 1/log2(j+1).
 
-- ``paper`` (default, the released code): n_ideal = min(|gt|, len(filtered list), k)
-- ``textbook``: n_ideal = min(|gt|, k)
+- ``convrec`` (default; ../shared/PAPER.md, "Metrics"): titles through the catalog matcher
+  (normalised titles, years within the tolerance, 2); a seen item is a seen title whose year
+  agrees; a repeat of an earlier catalog item keeps its rank and never hits; in list order each
+  item takes the first ground-truth item it matches that is not hit yet; ground truth deduplicated.
+  The list is cut to its first N parsed lines (``n_items``) *before* seen and out-of-catalog items
+  are removed, so items past N never fill gaps and an over-long list cannot beat its own first N.
+- ``rank-grpo``: the authors' released ``evaluate_direct_match`` exactly: in the catalog only as an
+  exact ``(title, year)`` pair; seen removal by the raw title string; a hit needs the exact title
+  and |year - gt year| <= 2; each ground-truth item marks the first position it matches (one
+  position may be marked by several); |gt| counts duplicates; the whole list is filtered, no cut.
+- ``he2023`` (He et al., CIKM 2023): lines cleaned as `listfmt.he2023_lines`, each mapped to the
+  nearest catalog title by Levenshtein distance on lower-cased strings, dropped beyond 2 edits;
+  seen titles removed; each ground-truth item is its own sample, ``dis`` when mentioned before,
+  else ``rec``; Recall@k = 1[rank <= k], NDCG@k = 1/log2(rank + 1), MRR@k = 1/rank. No years.
+
+Ideal DCG counts n_ideal hits at the top: ``paper`` (the released code) n_ideal = min(|gt|,
+filtered length, k); ``textbook`` min(|gt|, k). An empty filtered list scores 0.
 
 `judge_list` gives each raw position a status and a relevance (1 for a hit, 0 for a miss, a seen,
 duplicate or out-of-catalog item): exactly the `exp_inf` per-rank reward Rank-GRPO uses, so RL
@@ -19,12 +34,43 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 
-from convrec.catalog import Catalog, normalize_title, years_match
-from convrec.listfmt import Item
+from convrec import artifacts
+from convrec.catalog import Catalog, nearest_by_edits, normalize_title
+from convrec.listfmt import Item, he2023_clean
 
 HIT, MISS, SEEN, OUT, DUP = "hit", "miss", "seen", "out_of_catalog", "duplicate"
+STATUSES = (HIT, MISS, SEEN, OUT, DUP)  # int codes 0..4 in `Judgement.status`
+CODES = {s: i for i, s in enumerate(STATUSES)}
+_HIT, _MISS, _SEEN, _OUT, _DUP = range(5)
 CONVENTIONS = ("paper", "textbook")
+HE2023_MAX_EDITS = 2
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    match: str  # "catalog": the matcher | "exact": raw (title, year) pairs | "nearest": edit distance
+    seen_year: bool  # a seen title removes an item only when the years agree (within tolerance)
+    hit_year: bool  # a hit also needs the years to agree (within tolerance)
+    dedupe_gt: bool  # repeated ground-truth items count once
+    assign: str  # "greedy": in list order, first unhit gt item | "first": each gt item, its first position
+    truncate: bool  # cut to the first n_items lines before filtering
+    per_item: bool  # each ground-truth item is its own sample
+    ks: tuple[int, ...]  # default cut-offs
+    measures: tuple[str, ...]
+
+
+_PER_LIST, _HE = ("recall", "ndcg"), ("recall", "ndcg", "mrr")
+PROTOCOLS = {
+    "convrec": Protocol("convrec", "catalog", True, True, True, "greedy", True, False, (5, 10, 15, 20), _PER_LIST),
+    "rank-grpo": Protocol("rank-grpo", "exact", False, True, False, "first", False, False, (5, 10, 15, 20), _PER_LIST),
+    "he2023": Protocol("he2023", "nearest", False, False, False, "first", False, True, (1, 5, 10, 20), _HE),
+}
+CONVREC = PROTOCOLS["convrec"]
+_ITEMS = pl.List(artifacts.ITEM)
+_NO_YEAR = -(10**6)  # stands for a missing year inside integer arrays
 
 
 @dataclass(frozen=True)
@@ -35,62 +81,207 @@ class Judged:
     n_gt: int  # distinct ground-truth items
 
 
-def _dedupe_gt(gt: Sequence[Item]) -> list[tuple[str, int | None]]:
-    out, keys = [], set()
-    for t, y in gt:
-        key = (normalize_title(t), y)
-        if key not in keys:
-            keys.add(key)
-            out.append(key)
+@dataclass(frozen=True)
+class Judgement:
+    """Every list of a batch judged: flat per-item arrays (list order) plus per-list counts."""
+
+    offsets: np.ndarray  # (M + 1,): list m owns flat items offsets[m]:offsets[m + 1]
+    status: np.ndarray  # int8 codes into STATUSES
+    rank: np.ndarray  # 0-based rank in the filtered (and, if the protocol cuts, truncated) list; -1 if not in it
+    lengths: np.ndarray  # (M,) filtered list lengths
+    n_gt: np.ndarray  # (M,) ground-truth items counted (deduplicated or not, per the protocol)
+    gt_list: np.ndarray  # (G,) list of each counted ground-truth item
+    gt_rank: np.ndarray  # (G,) filtered rank of the position it marked, -1 when none
+    gt_seen: np.ndarray  # (G,) bool: mentioned earlier in the conversation (he2023's "dis")
+
+
+def items_series(lists: Sequence[Sequence[Item]]) -> pl.Series:
+    """Python lists of (title, year) as the list-of-struct column `judge` reads."""
+    return pl.Series([[{"title": t, "year": y} for t, y in items] for items in lists], dtype=_ITEMS)
+
+
+def _flat(col: pl.Series) -> pl.DataFrame:
+    """(s, title, year) per item, in list order; items without a title (null) dropped. An empty
+    title stays: it holds its position and is out of catalog (he2023 maps blank lines too)."""
+    df = pl.DataFrame({"s": pl.int_range(col.len(), eager=True, dtype=pl.Int64), "it": col.cast(_ITEMS)})
+    return df.explode("it").unnest("it").filter(pl.col("title").is_not_null())
+
+
+def _ids(titles: pl.Series, key, vocab: dict) -> np.ndarray:
+    """Integer id of key(title) for every title, computing key once per distinct title."""
+    uniq = titles.unique().to_list()
+    ids = [vocab.setdefault(key(t), len(vocab)) for t in uniq]
+    if not uniq:
+        return np.zeros(0, dtype=np.int64)
+    return titles.replace_strict(uniq, ids, return_dtype=pl.Int64).to_numpy()
+
+
+def _rows(keys: np.ndarray, years: pl.Series, lookup) -> np.ndarray:
+    """Catalog row of each (title key, year), calling ``lookup(key, year)`` once per distinct pair."""
+    items = pl.DataFrame({"k": keys, "y": years.fill_null(_NO_YEAR)})
+    pairs = items.unique()
+    rows = [lookup(k, None if y == _NO_YEAR else y) for k, y in pairs.iter_rows()]
+    if not rows:
+        return np.zeros(0, dtype=np.int64)
+    keyed = pairs.with_columns(row=pl.Series(rows, dtype=pl.Int64))
+    return items.join(keyed, on=["k", "y"], how="left", maintain_order="left")["row"].to_numpy()
+
+
+def _keys(protocol: Protocol, catalog: Catalog, items, gts, seens) -> tuple[np.ndarray, ...]:
+    """(item key, item row, gt key, seen key): equal keys mean the same title under the protocol;
+    the row is the catalog item (-1: out of catalog)."""
+    vocab: dict = {}
+    if protocol.match == "catalog":
+        tk = [_ids(f["title"], normalize_title, vocab) for f in (items, gts, seens)]
+        norm = list(vocab)  # id -> normalised title (dicts keep insertion order)
+        row = _rows(tk[0], items["year"], lambda k, y: catalog.lookup_normalized(norm[k], y))
+        return tk[0], row, tk[1], tk[2]
+    if protocol.match == "exact":
+        tk = [_ids(f["title"], str, vocab) for f in (items, gts, seens)]
+        raw = list(vocab)
+        pairs: dict = {}
+        for r, (t, y) in enumerate(zip(catalog.titles, catalog.years, strict=True)):
+            pairs.setdefault((t, y) if catalog.use_year else t, r)
+        row = _rows(tk[0], items["year"], lambda k, y: pairs.get((raw[k], y) if catalog.use_year else raw[k], -1))
+        return tk[0], row, tk[1], tk[2]
+    names = list(dict.fromkeys(he2023_clean(t, numbering=False) for t in catalog.titles))
+    vocab.update((n, i) for i, n in enumerate(names))
+    lines = items["title"].unique()
+    idx, _ = nearest_by_edits(lines.to_list(), names, HE2023_MAX_EDITS)
+    row = items["title"].replace_strict(lines, pl.Series(idx, dtype=pl.Int64), return_dtype=pl.Int64).to_numpy()
+    clean = lambda t: he2023_clean(t, numbering=False)  # noqa: E731
+    return row, row, _ids(gts["title"], clean, vocab), _ids(seens["title"], clean, vocab)
+
+
+def _years_ok(a: np.ndarray, b: np.ndarray, tolerance: int, use: bool) -> np.ndarray:
+    if not use:
+        return np.ones(len(a), dtype=bool)
+    return (a == _NO_YEAR) | (b == _NO_YEAR) | (np.abs(a - b) <= tolerance)
+
+
+def _match_pairs(left: pl.DataFrame, right: pl.DataFrame, use_year: bool, tolerance: int) -> pl.DataFrame:
+    """Inner join on (s, k), keeping pairs whose years agree when ``use_year``."""
+    pairs = left.join(right, on=["s", "k"], how="inner", suffix="_r")
+    ok = _years_ok(pairs["y"].to_numpy(), pairs["y_r"].to_numpy(), tolerance, use_year)
+    return pairs.filter(pl.Series(ok))
+
+
+def _greedy(pairs: pl.DataFrame) -> pl.DataFrame:
+    """The (i, g) hits when, in list order, each item takes the first ground-truth item it matches
+    that is still unhit. Pairs unique on both sides are hits as they stand; only lists with
+    contested pairs go through the sequential rule."""
+    pairs = pairs.select("s", "i", "g").sort("i", "g")
+    contested = pairs.filter(pairs["i"].is_duplicated() | pairs["g"].is_duplicated())["s"].unique().implode()
+    hits = pairs.filter(~pl.col("s").is_in(contested)).select("i", "g").rows()
+    taken: set[int] = set()
+    done: set[int] = set()
+    for i, g in pairs.filter(pl.col("s").is_in(contested)).select("i", "g").iter_rows():
+        if i not in done and g not in taken:
+            taken.add(g)
+            done.add(i)
+            hits.append((i, g))
+    return pl.DataFrame(hits, schema={"i": pl.Int64, "g": pl.Int64}, orient="row")
+
+
+def judge(
+    lists: pl.Series,
+    ground_truth: pl.Series,
+    seen: pl.Series,
+    catalog: Catalog,
+    protocol: Protocol = CONVREC,
+    n_items: int | None = None,
+) -> Judgement:
+    """Judge M lists (list-of-struct columns of (title, year), aligned row by row) at once."""
+    m = lists.len()
+    items = _flat(lists)
+    gts, seens = _flat(ground_truth), _flat(seen)
+    k_item, row, k_gt, k_seen = _keys(protocol, catalog, items, gts, seens)
+    s = items["s"].to_numpy()
+    n = len(s)
+    offsets = np.searchsorted(s, np.arange(m + 1))
+    pos = np.arange(n) - offsets[s]
+    year = items["year"].fill_null(_NO_YEAR).to_numpy()
+    use_year, tol = catalog.use_year, catalog.year_tolerance
+    frame = pl.DataFrame({"i": np.arange(n), "s": s, "k": k_item, "y": year})
+    member = row >= 0
+
+    seen_f = pl.DataFrame({"s": seens["s"], "k": k_seen, "y": seens["year"].fill_null(_NO_YEAR)})
+    seen_f = seen_f.unique(maintain_order=True)
+    is_seen = np.zeros(n, dtype=bool)
+    is_seen[_match_pairs(frame.filter(pl.Series(member)), seen_f, protocol.seen_year and use_year, tol)["i"]] = True
+    is_seen &= member
+    first = np.ones(n, dtype=bool)  # first occurrence of its catalog item in its list (seen ones included)
+    key = s.astype(np.int64) * (int(row.max(initial=0)) + 1) + row
+    first[member] = pl.Series(key[member]).is_first_distinct().to_numpy()
+    dup = member & ~is_seen & ~first
+    kept = member & ~is_seen
+    if protocol.truncate and n_items is not None:
+        kept &= pos < n_items
+    counts = np.cumsum(kept)
+    rank = np.where(kept, counts - 1 - np.concatenate([[0], counts])[offsets[s]], -1)
+    lengths = np.bincount(s[kept], minlength=m)
+
+    gt_f = pl.DataFrame({"s": gts["s"], "k": k_gt, "y": gts["year"].fill_null(_NO_YEAR)})
+    if protocol.dedupe_gt:
+        gt_f = gt_f.unique(["s", "k", "y"], maintain_order=True)
+    gt_f = gt_f.with_row_index("g")
+    cand = frame.filter(pl.Series(kept & ~dup))
+    pairs = _match_pairs(cand, gt_f, protocol.hit_year and use_year, tol)
+    gt_rank = np.full(gt_f.height, -1, dtype=np.int64)
+    marks = _greedy(pairs) if protocol.assign == "greedy" else pairs.group_by("g").agg(pl.col("i").min())
+    hit_idx = marks["i"].to_numpy()
+    gt_rank[marks["g"].to_numpy()] = rank[hit_idx]
+    status = np.where(~member, _OUT, np.where(is_seen, _SEEN, np.where(dup, _DUP, _MISS))).astype(np.int8)
+    status[hit_idx] = _HIT
+    gt_s = gt_f["s"].to_numpy()
+    gt_seen = np.zeros(gt_f.height, dtype=bool)
+    gt_seen[gt_f.join(seen_f.select("s", "k").unique(), on=["s", "k"], how="semi")["g"].to_numpy()] = True
+    return Judgement(offsets, status, rank, lengths, np.bincount(gt_s, minlength=m), gt_s, gt_rank, gt_seen)
+
+
+def judge_lists(
+    lists: Sequence[Sequence[Item]],
+    ground_truth: Sequence[Sequence[Item]],
+    seen: Sequence[Sequence[Item]],
+    catalog: Catalog,
+    protocol: Protocol = CONVREC,
+) -> list[Judged]:
+    """`judge` over Python lists, one `Judged` (statuses in raw order) per list."""
+    j = judge(items_series(lists), items_series(ground_truth), items_series(seen), catalog, protocol)
+    out = []
+    for a, b, n_gt in zip(j.offsets[:-1], j.offsets[1:], j.n_gt, strict=True):
+        codes, ranks = j.status[a:b], j.rank[a:b]
+        filtered = [int(c == _HIT) for c, r in zip(codes, ranks, strict=True) if r >= 0]
+        out.append(Judged([STATUSES[c] for c in codes], [int(c == _HIT) for c in codes], filtered, int(n_gt)))
     return out
 
 
-def judge_list(
-    items: Sequence[Item],
-    ground_truth: Sequence[Item],
-    seen: Sequence[Item],
-    catalog: Catalog,
-) -> Judged:
-    """Status and relevance of each predicted item, in list order."""
-    tol = catalog.year_tolerance
-    use_year = catalog.use_year
-    gt = _dedupe_gt(ground_truth)
-    gt_by_title: dict[str, list[int]] = {}
-    for i, (n, _) in enumerate(gt):
-        gt_by_title.setdefault(n, []).append(i)
-    gt_hit = [False] * len(gt)
-    seen_years: dict[str, list[int | None]] = {}
-    for t, y in seen:
-        seen_years.setdefault(normalize_title(t), []).append(y)
-    emitted: set = set()
-    status, rel, filtered = [], [], []
-    for t, y in items:
-        n, row = catalog.resolve(t, y)
-        key = row if row >= 0 else (n, y)
-        if row < 0:
-            s = OUT
-        elif n in seen_years and any(not use_year or years_match(y, sy, tol) for sy in seen_years[n]):
-            s = SEEN
-        elif key in emitted:
-            s = DUP
-        else:
-            s = MISS
-            for gi in gt_by_title.get(n, ()):
-                if not gt_hit[gi] and (not use_year or years_match(y, gt[gi][1], tol)):
-                    gt_hit[gi] = True
-                    s = HIT
-                    break
-        emitted.add(key)
-        status.append(s)
-        rel.append(1 if s == HIT else 0)
-        if s in (HIT, MISS, DUP):  # duplicates stay in the list (they take a rank, never hit twice)
-            filtered.append(1 if s == HIT else 0)
-    return Judged(status, rel, filtered, len(gt))
+def judge_list(items: Sequence[Item], ground_truth: Sequence[Item], seen: Sequence[Item], catalog: Catalog) -> Judged:
+    """Status and relevance of each predicted item, in list order (the convrec rules, no cut)."""
+    return judge_lists([items], [ground_truth], [seen], catalog)[0]
 
 
 def discounts(n: int) -> np.ndarray:
     """1/log2(j+1) for ranks j = 1..n."""
     return 1.0 / np.log2(np.arange(2, n + 2, dtype=np.float64))
+
+
+def _from_hits(hits: np.ndarray, lengths: np.ndarray, n_gt: np.ndarray, ks: Sequence[int], convention: str) -> dict:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}")
+    disc = discounts(hits.shape[1])
+    dcg_cum = np.cumsum(hits * disc, axis=1)
+    hit_cum = np.cumsum(hits, axis=1)
+    ideal_cum = np.concatenate([[0.0], np.cumsum(disc)])
+    g = np.asarray(n_gt, dtype=np.int64)
+    safe_g = np.maximum(g, 1)
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        n_ideal = np.minimum(g, k) if convention == "textbook" else np.minimum(np.minimum(g, lengths), k)
+        idcg = ideal_cum[n_ideal]
+        out[f"recall@{k}"] = np.where(g > 0, hit_cum[:, k - 1] / safe_g, 0.0)
+        out[f"ndcg@{k}"] = np.where(idcg > 0, dcg_cum[:, k - 1] / np.where(idcg > 0, idcg, 1.0), 0.0)
+    return out
 
 
 def ranking_metrics(
@@ -99,27 +290,33 @@ def ranking_metrics(
     ks: Sequence[int],
     convention: str = "paper",
 ) -> dict[str, np.ndarray]:
-    """Per-sample Recall@k and NDCG@k from filtered hit vectors (vectorised over samples)."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}")
+    """Per-sample Recall@k and NDCG@k from filtered hit vectors."""
     kmax = max(ks)
-    m = len(filtered_hits)
-    hits = np.zeros((m, kmax), dtype=np.float64)
-    lengths = np.zeros(m, dtype=np.int64)
+    hits = np.zeros((len(filtered_hits), kmax), dtype=np.float64)
     for i, h in enumerate(filtered_hits):
-        h = h[:kmax]
-        hits[i, : len(h)] = h
-        lengths[i] = len(filtered_hits[i])
-    g = np.asarray(n_gt, dtype=np.int64)
-    disc = discounts(kmax)
-    dcg_cum = np.cumsum(hits * disc, axis=1)
-    hit_cum = np.cumsum(hits, axis=1)
-    ideal_cum = np.concatenate([[0.0], np.cumsum(disc)])
-    out: dict[str, np.ndarray] = {}
-    safe_g = np.maximum(g, 1)
+        hits[i, : min(kmax, len(h))] = h[:kmax]
+    lengths = np.array([len(h) for h in filtered_hits], dtype=np.int64)
+    return _from_hits(hits, lengths, np.asarray(n_gt), ks, convention)
+
+
+def per_list(j: Judgement, ks: Sequence[int], convention: str = "paper") -> dict[str, np.ndarray]:
+    """Per-list Recall@k and NDCG@k of a `Judgement` (hits scattered into an (M, k_max) matrix)."""
+    kmax = max(ks)
+    m = len(j.lengths)
+    hits = np.zeros((m, kmax), dtype=np.float64)
+    at = np.flatnonzero((j.status == _HIT) & (j.rank >= 0) & (j.rank < kmax))
+    lists = np.searchsorted(j.offsets, at, side="right") - 1
+    hits[lists, j.rank[at]] = 1.0
+    return _from_hits(hits, j.lengths, j.n_gt, ks, convention)
+
+
+def per_item(j: Judgement, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per ground-truth item (he2023): Recall@k, NDCG@k = 1/log2(rank + 1) and MRR@k = 1/rank."""
+    r = j.gt_rank.astype(np.float64) + 1.0  # 1-based; 0 when unmarked
+    out = {}
     for k in ks:
-        n_ideal = np.minimum(g, k) if convention == "textbook" else np.minimum(np.minimum(g, lengths), k)
-        idcg = ideal_cum[n_ideal]
-        out[f"recall@{k}"] = np.where(g > 0, hit_cum[:, k - 1] / safe_g, 0.0)
-        out[f"ndcg@{k}"] = np.where(idcg > 0, dcg_cum[:, k - 1] / np.where(idcg > 0, idcg, 1.0), 0.0)
+        hit = (r >= 1) & (r <= k)
+        out[f"recall@{k}"] = hit.astype(np.float64)
+        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(np.maximum(r, 1) + 1), 0.0)
+        out[f"mrr@{k}"] = np.where(hit, 1.0 / np.maximum(r, 1), 0.0)
     return out

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from convrec import artifacts
 from convrec.catalog import normalize_title
-from convrec.data import SPLITS, catalog_path, split_path
+from convrec.data import SPLITS, MatchRules, catalog_path, split_path, write_rules
 from convrec.data.report import ImportReport
 from convrec.errors import ConvrecError
 
@@ -78,7 +78,7 @@ def _popularity(value: Any) -> float | None:
 
 
 def build_catalog(
-    records: Iterable[Mapping[str, Any]], report: ImportReport, *, reason_prefix: str = ""
+    records: Iterable[Mapping[str, Any]], report: ImportReport, *, reason_prefix: str = "", require_year: bool = True
 ) -> pl.DataFrame:
     """A catalog frame from records (dicts with title, year and optional item_id/genres/...).
 
@@ -86,6 +86,7 @@ def build_catalog(
     Without an ``item_id`` a record gets ``m`` + its 1-based position (``m00001``): the id of a row
     does not change when another row is fixed or removed. The first of several records with the
     same normalised (title, year) wins. Optional columns appear when any record has the key.
+    ``require_year=False`` keeps records without a year (year-less catalogs such as INSPIRED's).
     """
     rows: list[dict[str, Any]] = []
     keys: set[tuple[str, int]] = set()
@@ -101,6 +102,8 @@ def build_catalog(
             report.reject(reason_prefix + "empty title")
             continue
         year, why = parse_year(rec.get("year"))
+        if why == "missing year" and not require_year:
+            why = None
         if why:
             report.reject(reason_prefix + why)
             continue
@@ -137,10 +140,13 @@ def build_catalog(
     return pl.DataFrame({c: [r[c] for r in rows] for c in columns}, schema=schema)
 
 
-def catalog_frame(items: Iterable[tuple[str, Any]], source: str = "items") -> tuple[pl.DataFrame, ImportReport]:
+def catalog_frame(
+    items: Iterable[tuple[str, Any]], source: str = "items", *, require_year: bool = True
+) -> tuple[pl.DataFrame, ImportReport]:
     """`build_catalog` over plain (title, year) pairs, with a fresh report."""
     report = ImportReport(source)
-    return build_catalog(({"title": t, "year": y} for t, y in items), report), report
+    records = ({"title": t, "year": y} for t, y in items)
+    return build_catalog(records, report, require_year=require_year), report
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -259,9 +265,18 @@ def samples_frame(columns: Mapping[str, list]) -> pl.DataFrame:
 
 
 def write_dataset(
-    out: Path, catalog: pl.DataFrame, splits: Mapping[str, pl.DataFrame], *, stage: str, params: dict, inputs: list
+    out: Path,
+    catalog: pl.DataFrame,
+    splits: Mapping[str, pl.DataFrame],
+    *,
+    stage: str,
+    params: dict,
+    inputs: list,
+    rules: MatchRules = MatchRules(),
 ) -> None:
-    """Write catalog.parquet and one samples file per split (all three, empty ones included)."""
+    """Write catalog.parquet, one samples file per split (all three, empty ones included) and the
+    folder's matching rules (``matching.json``), which every later stage reads."""
+    write_rules(out, rules)
     artifacts.write(catalog, catalog_path(out), artifacts.CATALOG, stage=stage, params=params, inputs=inputs)
     for split in SPLITS:
         df = splits.get(split)

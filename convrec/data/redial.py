@@ -16,6 +16,12 @@ were paired with an id, not every heuristic reading.
 
 Ground truth excludes movies already mentioned in the conversation (He et al.'s "repeated
 items"): metrics never reward a seen item, so keeping them would only make recall unreachable.
+
+Files whose names carry no year at all (INSPIRED in the same format) are imported year-less: an
+entity name is used as it stands, or, for a DBpedia URI, its last path part with ``_`` as spaces
+and parenthesised parts dropped; ids are named by the same co-occurrence, the catalog holds the
+named ids that some ``rec`` recommends, ``seen`` is the named ``prev_entity`` movies, and the
+folder's ``matching.json`` records ``use_year: false`` so every later stage matches by title.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from urllib.parse import unquote
 
 from convrec import artifacts
 from convrec.catalog import normalize_title
-from convrec.data import SPLITS
+from convrec.data import SPLITS, MatchRules
 from convrec.data.catalog_import import catalog_frame, check_out_dir, samples_frame, write_dataset
 from convrec.data.report import ImportReport
 from convrec.errors import ConvrecError
@@ -139,6 +145,18 @@ def _read_rows(path: Path, report: ImportReport) -> list[_Row]:
     return rows
 
 
+_PARENS = re.compile(r"\([^()]*\)")
+
+
+def _yearless_name(name: str) -> Item | None:
+    """(title, None) of a year-less entity name; a DBpedia URI gives its last path part."""
+    name = name.strip().strip("<>")
+    if "://" in name:
+        name = unquote(name.rstrip("/").rsplit("/", 1)[-1]).replace("_", " ")
+    title = " ".join(_PARENS.sub(" ", name).split())
+    return (title, None) if title else None
+
+
 def _movie(name: str) -> Item | None:
     """(title, year) of a `Title (Year)` name, else None (actors, genres, year-less titles)."""
     item = parse_line(name).item
@@ -200,13 +218,15 @@ def _ends_with_word(text: str, title: str) -> bool:
     return text.endswith(title) and (len(text) == len(title) or not text[-len(title) - 1].isalnum())
 
 
-def _name_ids(rows: list[_Row], resp_mentions: list[list[Item]]) -> dict[int, Item]:
+def _name_ids(rows: list[_Row], resp_mentions: list[list[Item]], namer=None) -> dict[int, Item]:
     """Entity id -> `Title (Year)` by co-occurrence over rows (see the module docstring).
 
     score(id, name) = rows with both / rows with the more frequent of the two, so a generic
     entity present in hundreds of rows ("comedy") never takes a movie's name. Ties go to the
     pair where the id is in ``rec`` and the name in ``resp``, then to the more frequent pair.
+    ``namer`` reads an ``entity_name`` (default: a `Title (Year)` movie, else nothing).
     """
+    namer = namer or _movie
     id_rows: Counter = Counter()
     name_rows: Counter = Counter()
     both: Counter = Counter()
@@ -214,7 +234,7 @@ def _name_ids(rows: list[_Row], resp_mentions: list[list[Item]]) -> dict[int, It
     for row, mentioned in zip(rows, resp_mentions, strict=True):
         ids = set(row.entity) | set(row.rec)
         in_resp = set(mentioned)
-        names = in_resp | {m for m in map(_movie, row.entity_name) if m is not None}
+        names = in_resp | {m for m in map(namer, row.entity_name) if m is not None}
         id_rows.update(ids)
         name_rows.update(names)
         for i in ids:
@@ -282,6 +302,8 @@ def import_redial(
     report = ImportReport(str(path))
     rows = _read_rows(path, report)
 
+    if not any(_movie(n) for row in rows for n in row.entity_name):
+        return _import_yearless(rows, path, out, report, seed, val_fraction, test_fraction)
     mentions = _Mentions()
     for row in rows:
         for m in map(_movie, row.entity_name):
@@ -343,4 +365,64 @@ def import_redial(
         report.counts[f"{s} samples"] = frames[s].height
     report.counts["named ids"] = len(names_of)
     report.counts["repeated movies removed from ground truth"] = n_repeats
+    return report
+
+
+def _import_yearless(
+    rows: list[_Row], path: Path, out: Path, report: ImportReport, seed: int, val_fraction: float, test_fraction: float
+) -> ImportReport:
+    """`import_redial` for files whose names carry no year (see the module docstring)."""
+    names_of = _name_ids(rows, [[] for _ in rows], _yearless_name)
+    known = [names_of[i] for row in rows for i in row.rec if i in names_of]  # recommended ids: the movies
+    movies = {normalize_title(t) for t, _ in known}
+    samples: dict[str, dict[str, list]] = {s: {c: [] for c in artifacts.SAMPLES.required} for s in SPLITS}
+    n_unnamed = n_repeats = 0
+    for row in rows:
+        messages = _messages(row.context)
+        if not messages:
+            report.reject("empty context")
+            continue
+        if not row.rec:
+            report.reject("empty rec")
+            continue
+        n_unnamed += sum(i not in names_of for i in row.rec)
+        gt = _dedupe([names_of[i] for i in row.rec if i in names_of])
+        if not gt:
+            report.reject("no rec id has a movie name")
+            continue
+        seen = _dedupe([names_of[i] for i in row.prev_entity if i in names_of])
+        seen = [m for m in seen if normalize_title(m[0]) in movies]
+        seen_keys = {normalize_title(t) for t, _ in seen}
+        new = [m for m in gt if normalize_title(m[0]) not in seen_keys]
+        n_repeats += len(gt) - len(new)
+        if not new:
+            report.reject("ground truth only repeats movies already mentioned")
+            continue
+        cols = samples[split_of(row.dialog_id, seed, val_fraction, test_fraction)]
+        cols["sample_id"].append(f"{row.dialog_id}:{row.turn_id}")
+        cols["conversation_id"].append(f"{row.dialog_id}:{row.turn_id}")
+        cols["messages"].append(messages)
+        cols["seen"].append([{"title": t, "year": None} for t, _ in seen])
+        cols["ground_truth"].append([{"title": t, "year": None} for t, _ in new])
+    if n_unnamed:
+        report.reject("rec id without a movie name (counted per id, dropped)", n_unnamed)
+    catalog, cat_report = catalog_frame(dict.fromkeys(known), str(path), require_year=False)
+    for reason, n in cat_report.rejected.items():
+        report.reject(f"catalog: {reason}", n)
+    frames = {s: samples_frame(cols) for s, cols in samples.items()}
+    if not any(df.height for df in frames.values()):
+        raise ConvrecError(f"{path}: no row gave a sample ({', '.join(report.rejected)})")
+    params = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "yearless": True}
+    rules = MatchRules(use_year=False)
+    write_dataset(out, catalog, frames, stage="data.redial", params=params, inputs=[path], rules=rules)
+    report.counts["dialogs"] = len({row.dialog_id for row in rows})
+    report.counts["catalog items"] = catalog.height
+    for s in SPLITS:
+        report.counts[f"{s} samples"] = frames[s].height
+    report.counts["named ids"] = len(names_of)
+    report.counts["repeated movies removed from ground truth"] = n_repeats
+    report.notes.append(
+        f"no name carries a year: the catalog is year-less, recorded in {out / 'matching.json'} "
+        "(eval, rl, baselines and serve match by title; no --no-year needed)"
+    )
     return report
