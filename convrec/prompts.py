@@ -28,3 +28,14 @@ def render_conversation(messages: Sequence[dict]) -> str:
 def build_messages(messages: Sequence[dict], n: int = 20) -> list[dict]:
     """Chat messages for the student (or a teacher) given a sample's conversation."""
     return [{"role": "user", "content": f"{render_conversation(messages)}\n\n{INSTRUCTION.format(n=n)}"}]
+
+
+LIST_REASK = (
+    "Your answer has no list I can read. Reply with exactly {n} lines, one movie per line in the form "
+    "Title (Year), ranked from best to worst, and nothing else."
+)
+
+
+def reask_messages(messages: Sequence[dict], answer: str, n: int = 20) -> list[dict]:
+    """A teacher's request asked again after an answer with no list: the answer, then the format once more."""
+    return [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": LIST_REASK.format(n=n)}]

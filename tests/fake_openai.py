@@ -1,11 +1,25 @@
 """A real OpenAI-compatible HTTP server on loopback for tests: it misbehaves like production does.
 
-`FlakyServer(titles, fail=0.3)` answers ``POST /v1/chat/completions``. A share ``fail`` of the
-requests fails, split between 429 (with Retry-After: 0), 500 and a hang longer than the client's
-timeout; another few percent come back as a 200 whose body is not JSON. The rest are answered: a
-teacher prompt with a list of catalog titles (some misspelt, now and then a refusal with nothing
-parseable), a judge prompt with JSON ratings (now and then not JSON, or out of range). Every
-request is counted, so a test can prove a rerun sent none.
+`FlakyServer(titles, fail=0.3)` answers ``POST /v1/chat/completions``. Which request fails, and
+how, is a seeded schedule: request number n (in arrival order) draws from ``Random(f"{seed}:{n}")``,
+so a share ``fail`` of them fails, split evenly between the kinds in ``kinds`` (by default 429 with
+Retry-After, 500 and a hang past the client's timeout); another share ``garbage`` is a 200 whose
+body is not JSON. ``schedule`` pins the fate of given request numbers (``{1: "503", 2: "drop"}``)
+whatever the draw. Kinds:
+
+- ``429`` (with ``Retry-After: retry_after``), ``500``, ``503``, ``401``, ``403``, ``404``;
+- ``hang``: sleeps ``hang_s``, past the client's timeout; ``drop``: the connection closes half-way
+  through the body; ``truncated``: a 200 whose JSON is cut short; ``garbage``: a 200 in HTML;
+- ``prose``: a well-formed 200 whose answer has no list at all.
+
+The rest are answered: a teacher prompt with a list of catalog titles (some misspelt; a share
+``prose_share`` of the requests, decided by a hash of the whole conversation so a re-ask is a new
+draw, refuses in prose; a conversation containing one of ``stubborn`` always does), a judge prompt
+with JSON ratings (now and then not JSON, or out of range), a describe prompt with one sentence.
+
+Every request is counted (`counts`) and logged (`log`: number, arrival time, key = sha256 of the
+messages, first and last message heads, the fault served or "ok"), so a test can prove a rerun
+sent none, a retry came after Retry-After, or an interrupt stopped the traffic.
 """
 
 from __future__ import annotations
@@ -19,21 +33,43 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+DEFAULT_KINDS = ("429", "500", "hang")
+PROSE = "I'm sorry, I cannot recommend movies for this conversation right now, please try again."
+
+
+def messages_key(messages: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+
 
 class FlakyServer:
-    def __init__(self, titles: list[str], *, fail: float = 0.3, garbage: float = 0.05, hang_s: float = 1.5, seed=0):
+    def __init__(
+        self,
+        titles: list[str],
+        *,
+        fail: float = 0.3,
+        garbage: float = 0.05,
+        hang_s: float = 1.5,
+        seed=0,
+        kinds: tuple[str, ...] = DEFAULT_KINDS,
+        schedule: dict[int, str] | None = None,
+        retry_after: str = "0",
+        prose_share: float = 0.1,
+        stubborn: tuple[str, ...] = (),
+    ):
         self.titles = titles
-        self.fail = fail
-        self.garbage = garbage
-        self.hang_s = hang_s
+        self.fail, self.garbage, self.hang_s, self.seed = fail, garbage, hang_s, seed
+        self.kinds, self.schedule, self.retry_after = kinds, dict(schedule or {}), retry_after
+        self.prose_share, self.stubborn = prose_share, stubborn
         self.status = None  # force every answer to this HTTP status (e.g. 401)
         self.delay = 0.0  # seconds before each answer (lets a test kill a client mid-run)
-        self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.counts: dict[str, int] = {}
+        self.log: list[dict] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real endpoints do
+
             def log_message(self, *args) -> None:  # keep pytest output clean
                 pass
 
@@ -41,7 +77,11 @@ class FlakyServer:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
                 server.handle(self, body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address) -> None:  # a client that hung up is routine here
+                pass
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -65,65 +105,99 @@ class FlakyServer:
     def requests(self) -> int:
         return self.counts.get("request", 0)
 
-    def _send(self, h, status: int, payload: bytes, headers: dict | None = None) -> None:
+    def entries(self, fault: str | None = None) -> list[dict]:
+        with self.lock:
+            return [e for e in self.log if fault is None or e["fault"] == fault]
+
+    def _send(self, h, status: int, payload: bytes, headers: dict | None = None, length: int | None = None) -> None:
         h.send_response(status)
         h.send_header("content-type", "application/json")
-        h.send_header("content-length", str(len(payload)))
+        h.send_header("content-length", str(len(payload) if length is None else length))
         for k, v in (headers or {}).items():
             h.send_header(k, v)
         h.end_headers()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             h.wfile.write(payload)
+            h.wfile.flush()
+
+    def _fate(self, n: int) -> str:
+        if n in self.schedule:
+            return self.schedule[n]
+        u = random.Random(f"{self.seed}:{n}").random()
+        if u < self.fail:
+            return self.kinds[int(u / self.fail * len(self.kinds))]
+        if u < self.fail + self.garbage:
+            return "garbage"
+        return "ok"
 
     def handle(self, h, body: dict) -> None:
-        self.count("request")
-        if self.status is not None:
-            self.count(f"http {self.status}")
-            return self._send(h, self.status, json.dumps({"error": {"message": "no"}}).encode())
+        msgs = body.get("messages", [])
         with self.lock:
-            u = self.rng.random()
-        if u < self.fail / 3:
-            self.count("429")
-            return self._send(h, 429, b'{"error": {"message": "slow down"}}', {"retry-after": "0"})
-        if u < 2 * self.fail / 3:
-            self.count("500")
-            return self._send(h, 500, b'{"error": {"message": "boom"}}')
-        if u < self.fail:
-            self.count("hang")
+            self.counts["request"] = self.counts.get("request", 0) + 1
+            n = self.counts["request"]
+            fate = f"http {self.status}" if self.status is not None else self._fate(n)
+            entry = {
+                "n": n,
+                "t": time.monotonic(),
+                "key": messages_key(msgs),
+                "first": msgs[0]["content"][:80] if msgs else "",
+                "last": msgs[-1]["content"][:80] if msgs else "",
+                "turns": len(msgs),
+                "fault": fate,
+            }
+            self.log.append(entry)
+        if fate != "ok":
+            self.count(fate)
+        if self.status is not None:
+            return self._send(h, self.status, json.dumps({"error": {"message": "no"}}).encode())
+        if fate in ("429", "500", "503", "401", "403", "404"):
+            extra = {"retry-after": self.retry_after} if fate == "429" else {}
+            return self._send(h, int(fate), b'{"error": {"message": "scheduled failure"}}', extra)
+        if fate == "hang":
             time.sleep(self.hang_s)  # past the client's timeout
             return self._send(h, 200, b"{}")
-        if u < self.fail + self.garbage:
-            self.count("garbage body")
+        if fate == "garbage":
             return self._send(h, 200, b"<html>502 Bad Gateway</html>")
-        prompt = body["messages"][-1]["content"]
         time.sleep(self.delay)
-        if "Candidates:" in body["messages"][0]["content"]:
+        if fate == "prose":
+            text = PROSE
+        elif msgs and "Candidates:" in msgs[0]["content"]:
             text = self.judge(body)
-        elif prompt.startswith("In one sentence, describe"):
+        elif msgs and msgs[-1]["content"].startswith("In one sentence, describe"):
             self.count("describe")
             text = "A tense thriller about a heist that goes wrong."
         else:
-            text = self.teacher(prompt)
+            text = self.teacher(msgs)
+        payload = json.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", "m"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": len(str(msgs)) // 4, "completion_tokens": len(text) // 4, "total_tokens": 0},
+            }
+        ).encode()
+        if fate == "truncated":
+            return self._send(h, 200, payload[: len(payload) // 2])
+        if fate == "drop":  # promise the whole body, send half, hang up
+            h.close_connection = True
+            return self._send(h, 200, payload[: len(payload) // 2], length=len(payload))
+        with self.lock:
+            entry["answered"] = True
+            entry["text"] = text
         self.count("answered")
-        payload = {
-            "id": "x",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body.get("model", "m"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4, "total_tokens": 0},
-        }
-        return self._send(h, 200, json.dumps(payload).encode())
+        return self._send(h, 200, payload)
 
     def _rng(self, text: str) -> random.Random:
         return random.Random(int(hashlib.sha1(text.encode()).hexdigest()[:8], 16))
 
-    def teacher(self, prompt: str) -> str:
-        """A deterministic answer per prompt: 20 catalog titles, some misspelt; 1 in 10 is a refusal."""
-        rng = self._rng(prompt)
-        if rng.random() < 0.1:
+    def teacher(self, msgs: list[dict]) -> str:
+        """A deterministic answer per conversation: 20 catalog titles, some misspelt, or now and then prose."""
+        rng = self._rng(json.dumps(msgs))
+        if rng.random() < self.prose_share or any(s in msgs[0]["content"] for s in self.stubborn):
             self.count("unparseable answer")
-            return "I'm sorry, I cannot recommend movies for this conversation right now, please try again."
+            return PROSE
         picks = rng.sample(self.titles, min(20, len(self.titles)))
         lines = []
         for i, t in enumerate(picks, 1):

@@ -6,6 +6,12 @@
 - Retries on 429, 5xx, timeouts, dropped connections and unreadable bodies, with exponential
   backoff and jitter (a ``Retry-After`` header is honoured); other 4xx stop the stage at once
   with one line, since retrying a bad key or model name only burns time.
+- A dead endpoint fails fast: when the first ``DEAD_AFTER`` attempts of a run all fail the same
+  non-transient way (connection refused, a host that does not resolve) before any answer came,
+  the stage stops with that cause in its one line instead of retrying every request for minutes.
+- Ctrl-C stops paying at once: queued requests are dropped, backoff sleeps end, requests in flight
+  are abandoned (the workers are daemon threads), what was answered stays cached, and the stage
+  raises `Interrupted` saying how much was answered.
 - An on-disk response cache keyed by sha256(model, messages, parameters), one JSON file per call
   written atomically: a rerun or a resumed run never pays twice for an answer it already has.
 - ``max_calls`` caps the HTTP requests a run may send (retries included); the rest come back as
@@ -18,11 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import random
+import socket
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +39,7 @@ from convrec.artifacts import atomic_path
 from convrec.errors import ConvrecError
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+DEAD_AFTER = 3  # first attempts failing the same non-transient way that make an endpoint dead
 
 
 @dataclass
@@ -86,7 +96,11 @@ class _Fatal(Exception):
 
 
 class _Budget(Exception):
-    """max_calls reached before this request could be sent."""
+    """max_calls reached (or the run interrupted) before this request could be sent."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch: the message says how much was answered (and cached)."""
 
 
 def cache_key(model: str, messages: Sequence[dict], params: dict) -> str:
@@ -108,6 +122,8 @@ class LLMClient:
         self._key = key
         self._client = None
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # set on Ctrl-C or a fatal error: no more requests
+        self._first: list[str] = []  # outcomes of the first attempts ("" when transient), for fail-fast
         self.usage = Usage()
         self.cache_root = Path(cfg.cache_dir) / "llm"
 
@@ -147,6 +163,8 @@ class LLMClient:
 
     def _take_budget(self) -> None:
         with self._lock:
+            if self._stop.is_set():
+                raise _Budget
             if self.cfg.max_calls is not None and self.usage.requests >= self.cfg.max_calls:
                 raise _Budget
             self.usage.requests += 1
@@ -156,6 +174,20 @@ class LLMClient:
         d = cap / 2 + random.uniform(0, cap / 2)  # equal jitter: spread retries, keep the growth
         return max(d, min(retry_after or 0.0, self.cfg.max_backoff))
 
+    def _where(self) -> str:
+        return f"model '{self.cfg.model}'" + (f" at {self.cfg.base_url}" if self.cfg.base_url else "")
+
+    def _first_outcome(self, outcome: str, dead: bool) -> None:
+        """Fail fast when the first attempts, before any answer, all failed the same non-transient way."""
+        with self._lock:
+            if len(self._first) < DEAD_AFTER:
+                self._first.append(outcome if dead else "")
+            if dead and not self.usage.answered and len(self._first) == DEAD_AFTER and set(self._first) == {outcome}:
+                raise _Fatal(
+                    f"{self._where()}: {outcome} (the first {DEAD_AFTER} attempts all failed this way; "
+                    "is the server running and the URL right?)"
+                )
+
     def _call(self, key: str, messages: list[dict]) -> Answer:
         import openai
 
@@ -163,7 +195,7 @@ class LLMClient:
         for attempt in range(self.cfg.max_retries + 1):
             self._take_budget()
             t0 = time.monotonic()
-            retry_after = None
+            retry_after, dead = None, False
             try:
                 resp = self._openai().chat.completions.create(
                     model=self.cfg.model, messages=messages, **self.cfg.params()
@@ -181,25 +213,29 @@ class LLMClient:
                     self.usage.prompt_tokens += pin
                     self.usage.completion_tokens += pout
                 self._log(_record(key, attempt, t0, "ok", pin, pout))
+                self._first_outcome("ok", False)
                 return Answer(text, prompt_tokens=pin, completion_tokens=pout)
             except openai.APIStatusError as e:
                 if e.status_code not in RETRYABLE_STATUS:
                     self._log(_record(key, attempt, t0, f"http {e.status_code}"))
-                    raise _Fatal(f"model '{self.cfg.model}': HTTP {e.status_code} ({_short(e)})") from None
+                    raise _Fatal(f"{self._where()}: HTTP {e.status_code} ({_short(e)})") from None
                 last = f"HTTP {e.status_code}"
                 retry_after = _retry_after(e)
             except (openai.APITimeoutError, openai.APIConnectionError) as e:
-                last = type(e).__name__
+                cause = _dead_cause(e)
+                last, dead = cause or type(e).__name__, cause is not None
             except (ValueError, openai.APIResponseValidationError, openai.APIError) as e:
                 last = f"unreadable response ({type(e).__name__})"
             self._log(_record(key, attempt, t0, last))
+            self._first_outcome(last, dead)
             if attempt < self.cfg.max_retries:
                 with self._lock:
                     self.usage.retries += 1
-                time.sleep(self._delay(attempt, retry_after))
+                if self._stop.wait(self._delay(attempt, retry_after)):
+                    break  # interrupted while waiting to retry
         with self._lock:
             self.usage.failed += 1
-        return Answer(None, error=f"no answer after {self.cfg.max_retries + 1} attempts (last: {last})")
+        return Answer(None, error=f"no answer after {attempt + 1} attempts (last: {last})")
 
     def complete_many(
         self, requests: Sequence[list[dict]], *, desc: str = "LLM calls", progress: bool = True
@@ -220,24 +256,66 @@ class LLMClient:
         return [a if a is not None else Answer(None, error="not sent") for a in out]
 
     def _run(self, todo: dict[str, list[int]], requests, out: list, desc: str, progress: bool) -> None:
+        """Daemon worker threads take keys off a queue; the caller's thread collects the answers.
+
+        Daemon threads, not a ThreadPoolExecutor: the executor joins its threads at exit, so a
+        Ctrl-C would still wait for every queued request to be sent and answered."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with (
-            Progress(*cols, disable=not progress) as bar,
-            ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool,
-        ):
-            task = bar.add_task(desc, total=len(todo))
-            futures = {pool.submit(self._call_or_budget, k, requests[idx[0]]): k for k, idx in todo.items()}
+        jobs: queue.SimpleQueue[str] = queue.SimpleQueue()
+        for k in todo:
+            jobs.put(k)
+        results: queue.SimpleQueue[tuple[str, Answer | BaseException]] = queue.SimpleQueue()
+        self._stop.clear()
+
+        def work() -> None:
+            while not self._stop.is_set():
+                try:
+                    k = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results.put((k, self._call_or_budget(k, requests[todo[k][0]])))
+                except BaseException as e:  # _Fatal, or a bug: no more requests; the caller's thread raises it
+                    self._stop.set()
+                    results.put((k, e))
+
+        for _ in range(max(1, min(self.cfg.concurrency, len(todo)))):
+            threading.Thread(target=work, daemon=True, name="convrec-llm").start()
+        cols = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed[/] · {task.fields[retries]} retries"),
+            TimeRemainingColumn(),
+        )
+        before = self.usage.answered
+        with Progress(*cols, disable=not progress) as bar:
+            task = bar.add_task(desc, total=len(todo), failed=0, retries=0)
+            failed = 0
             try:
-                for fut in as_completed(futures):
-                    ans = fut.result()
-                    for i in todo[futures[fut]]:
+                for _ in range(len(todo)):
+                    k, ans = _get(results)
+                    if isinstance(ans, _Fatal):
+                        raise ConvrecError(str(ans))
+                    if isinstance(ans, BaseException):
+                        raise ans
+                    for i in todo[k]:
                         out[i] = ans
-                    bar.advance(task)
-            except _Fatal as e:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise ConvrecError(str(e)) from None
+                    failed += ans.text is None
+                    bar.update(task, advance=1, failed=failed, retries=self.usage.retries)
+            except BaseException as e:
+                self._stop.set()  # queued requests are dropped, sleeping retries wake up and give up
+                if isinstance(e, KeyboardInterrupt):
+                    fresh = self.usage.answered - before
+                    msg = (
+                        f"interrupted: {fresh:,} of {len(todo):,} requests answered and cached "
+                        f"({self.usage.cached:,} more were cached already); rerun to continue"
+                    )
+                    # typer turns a KeyboardInterrupt into exit code 130 and drops its message: say it here
+                    print(msg, file=sys.stderr, flush=True)
+                    raise Interrupted(msg) from None
+                raise
 
     def _call_or_budget(self, key: str, messages: list[dict]) -> Answer:
         try:
@@ -246,6 +324,27 @@ class LLMClient:
             with self._lock:
                 self.usage.not_sent += 1
             return Answer(None, error="not sent: --max-calls reached")
+
+
+def _get(results: queue.SimpleQueue):
+    """A blocking get that Ctrl-C can interrupt on every platform."""
+    while True:
+        try:
+            return results.get(timeout=0.2)
+        except queue.Empty:
+            continue
+
+
+def _dead_cause(e: BaseException) -> str | None:
+    """'connection refused' or 'cannot resolve the host' when that is the root cause, else None (transient)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, socket.gaierror):
+            return "cannot resolve the host"
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def _record(key: str, attempt: int, t0: float, outcome: str, pin: int = 0, pout: int = 0) -> dict:
@@ -283,7 +382,9 @@ def require_all(answers: Sequence[Answer], usage: Usage, what: str) -> None:
             f"{what}: --max-calls reached with {missing:,} of {len(answers):,} requests unanswered "
             f"({done:,} answered and cached); rerun, with a higher --max-calls, to continue"
         )
+    causes = Counter(a.error for a in answers if a.text is None and a.error)
+    cause = f" ({causes.most_common(1)[0][0]})" if causes else ""
     raise ConvrecError(
-        f"{what}: {missing:,} of {len(answers):,} requests failed after all retries ({done:,} answered and cached); "
-        "rerun to retry only the missing ones"
+        f"{what}: {missing:,} of {len(answers):,} requests failed after all retries{cause}; {done:,} answered and "
+        "cached, rerun to retry only the missing ones"
     )

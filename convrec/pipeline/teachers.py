@@ -1,6 +1,10 @@
 """Teachers: who writes the free-text lists that remap grounds in the catalog.
 
 - ``openai``: any chat model behind the OpenAI-compatible client, asked with the one prompt builder.
+  An answer with no parseable list (prose, a refusal) is asked again, up to ``LIST_REASKS`` times,
+  each time as a new request quoting the answer and the format (cached like any request, so a rerun
+  re-asks from the cache and pays nothing); what still has no list is reported per conversation,
+  and remap marks those samples ``unparseable`` so adjust leaves them out of the SFT set.
 - ``cooc``: the co-occurrence baseline written out as text (offline). On the train split it is
   fitted k-fold, so a conversation's list never comes from a model that saw its own answer.
 - ``synthetic``: on a synthetic world, an imitation of a real LLM. It believes a noisy version of
@@ -13,7 +17,7 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +25,12 @@ import polars as pl
 
 from convrec.catalog import Catalog, normalize_title
 from convrec.errors import ConvrecError
-from convrec.listfmt import format_item
+from convrec.listfmt import format_item, parse_lines
 from convrec.llm.client import LLMClient, LLMConfig, Usage, require_all
-from convrec.prompts import build_messages
+from convrec.prompts import build_messages, reask_messages
 
 OFFLINE_TEACHERS = ("cooc", "synthetic")
+LIST_REASKS = 2  # re-asks of an LLM answer with no parseable list (as reflect's --judge-retries)
 
 
 @dataclass
@@ -33,6 +38,13 @@ class TeacherOutput:
     texts: list[str]  # one raw answer per conversation
     meant: list[list[str | None]] | None = None  # synthetic only: item_id meant by each written line
     usage: Usage | None = None
+    reasked: int = 0  # LLM teachers: answers with no list that were asked again
+    unparseable: list[str] = field(default_factory=list)  # conversation ids still without a list after that
+
+
+def has_list(text: str | None) -> bool:
+    """Whether an answer has at least one line that parses as an item (what remap can ground)."""
+    return any(ln.item is not None for ln in parse_lines(text))
 
 
 def answer(
@@ -53,11 +65,32 @@ def answer(
         return _synthetic(convs, data=data, catalog=catalog, n=n, seed=seed)
     if llm is None:
         raise ConvrecError(f"teacher '{name}' is a model name and needs the LLM client settings")
+    return _llm(name, convs, n, llm)
+
+
+def _llm(name: str, convs: pl.DataFrame, n: int, llm: LLMConfig, reasks: int = LIST_REASKS) -> TeacherOutput:
+    """Ask every conversation; re-ask (bounded) the answers with no list, as a continuation of the chat."""
     client = LLMClient(llm)
     requests = [build_messages(m, n) for m in convs["messages"].to_list()]
-    answers = client.complete_many(requests, desc=f"teacher {name}")
-    require_all(answers, client.usage, f"teacher {name}")
-    return TeacherOutput([a.text or "" for a in answers], usage=client.usage)
+    texts = [""] * len(requests)
+    pending, reasked = list(range(len(requests))), 0
+    for attempt in range(reasks + 1):
+        desc = f"teacher {name}" + (f" (re-ask {attempt})" if attempt else "")
+        answers = client.complete_many([requests[i] for i in pending], desc=desc)
+        require_all(answers, client.usage, f"teacher {name}")
+        again = []
+        for i, a in zip(pending, answers, strict=True):
+            texts[i] = a.text or ""
+            if not has_list(texts[i]) and attempt < reasks:
+                requests[i] = reask_messages(requests[i], texts[i], n)
+                again.append(i)
+        reasked += len(again)
+        pending = again
+        if not pending:
+            break
+    ids = convs["conversation_id"].to_list()
+    bad = [ids[i] for i, t in enumerate(texts) if not has_list(t)]
+    return TeacherOutput(texts, usage=client.usage, reasked=reasked, unparseable=bad)
 
 
 def _cooc(convs: pl.DataFrame, *, data: Path, split: str, catalog: Catalog, n: int, seed: int) -> TeacherOutput:
