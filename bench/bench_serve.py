@@ -22,9 +22,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from convrec.catalog import Catalog
 from convrec.constrained import CatalogConstraints
-from convrec.data import load_catalog, load_split
+from convrec.data import load_split, open_catalog
 from convrec.generate import GenerationConfig, encode_prompts, generate_texts
 from convrec.mentions import MentionFinder
 from convrec.models.load import load_model, load_tokenizer
@@ -52,7 +51,7 @@ def main() -> None:
     if not args.model:
         _cli("model", "init", "--data", str(data), "--out", model_dir)
     tok, model = load_tokenizer(model_dir), load_model(model_dir)
-    catalog = Catalog(load_catalog(data))
+    catalog = open_catalog(data)
     convs = load_split(data, "test")["messages"].to_list()[: args.samples]
     prompts = encode_prompts(tok, convs, args.k, 768)
     t0 = time.perf_counter()

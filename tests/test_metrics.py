@@ -143,3 +143,161 @@ def test_evaluate_prefers_items_over_text():
     preds = pl.DataFrame({"sample_id": ["s1"], "items": [[{"title": "A Movie", "year": 2000}]], "text": ["Elf (2003)"]})
     summary, _ = evaluate(preds, samples, CAT, EvalConfig(ks=(1,), n_items=1))
     assert summary["recall@1"] == 1.0 and summary["format_valid"] == 1.0
+
+
+# --- protocols: where convrec, rank-grpo (the released evaluate_direct_match) and he2023 disagree ---
+
+
+def proto(name, preds, gt, seen=(), ks=(1, 5, 20), cat=CAT, n_items=20):
+    """Summary means of one sample under a protocol (the real `evaluate`, no bootstrap)."""
+    samples = samples_frame([("s", list(seen), list(gt))])
+    p = pl.DataFrame({"sample_id": ["s"], "items": [[{"title": t, "year": y} for t, y in preds]]})
+    summary, _ = evaluate(p, samples, cat, EvalConfig(ks=ks, n_items=n_items, protocol=name, n_boot=0))
+    return summary
+
+
+def test_year_off_by_one_on_an_in_catalog_title():
+    preds, gt = [("A Movie", 2001)], [A]
+    assert proto("convrec", preds, gt)["recall@1"] == 1.0  # within the tolerance: that item
+    assert proto("rank-grpo", preds, gt)["recall@1"] == 0.0  # (A Movie, 2001) is no catalog pair: removed
+    assert proto("he2023", preds, gt)["recall@1"] == 1.0  # years play no part
+
+
+def test_seen_title_with_another_year():
+    preds, gt, seen = [M, A], [A], [("The Matrix", 1990)]
+    assert proto("convrec", preds, gt, seen)["ndcg@5"] == pytest.approx(1 / L3)  # 1990 vs 1999: not the seen one
+    assert proto("rank-grpo", preds, gt, seen)["ndcg@5"] == 1.0  # the raw title was seen: removed
+    assert proto("he2023", preds, gt, seen)["ndcg@5"] == 1.0
+
+
+def test_title_one_edit_away():
+    preds, gt = [("Fargoo", 1996)], [F]
+    assert proto("convrec", preds, gt)["recall@5"] == 0.0
+    assert proto("rank-grpo", preds, gt)["recall@5"] == 0.0
+    he = proto("he2023", preds, gt)
+    assert he["recall@1"] == 1.0 and he["mrr@1"] == 1.0  # nearest title within 2 edits
+    assert proto("he2023", [("Fxrgooo", 1996)], gt)["recall@20"] == 0.0  # 3 edits: dropped
+
+
+def test_duplicate_ground_truth():
+    preds, gt = [A, B], [A, A]
+    c = proto("convrec", preds, gt)
+    assert c["recall@5"] == 1.0 and c["ndcg@5"] == 1.0  # counted once
+    r = proto("rank-grpo", preds, gt)
+    # |gt| = 2 as it comes; both copies mark position 1; ideal = min(2, filtered length 2) ones
+    assert r["recall@5"] == 0.5
+    assert r["ndcg@5"] == pytest.approx(1 / (1 + 1 / L3))
+    he = proto("he2023", preds, gt)
+    assert he["recall@1"] == 1.0 and he["conditions"]["all"]["n"] == 2  # each copy its own sample
+
+
+FILMS = [(f"Film {i}", 2000, float(i)) for i in range(1, 31)]
+FILM_CAT = Catalog(catalog_frame(FILMS))
+
+
+def test_long_list_whose_first_lines_are_seen():
+    films = [(f"Film {i}", 2000) for i in range(1, 26)]  # 25 lines; the answer is the 25th
+    seen, gt = films[:5], [films[24]]
+    c = proto("convrec", films, gt, seen, cat=FILM_CAT)
+    assert c["recall@20"] == 0.0  # cut to 20 lines first: line 25 never fills the gaps the seen ones leave
+    r = proto("rank-grpo", films, gt, seen, cat=FILM_CAT)
+    assert r["recall@20"] == 1.0 and r["ndcg@20"] == pytest.approx(1 / math.log2(21))  # whole list filtered: rank 20
+    he = proto("he2023", films, gt, seen, ks=(10, 20), cat=FILM_CAT)
+    assert he["recall@20"] == 1.0 and he["mrr@20"] == pytest.approx(1 / 20) and he["recall@10"] == 0.0
+    # an over-long list never beats the 20-line list it starts with
+    assert c["ndcg@20"] <= proto("convrec", films[:20], gt, seen, cat=FILM_CAT)["ndcg@20"]
+
+
+def test_rank_grpo_empty_after_filtering_and_one_position_marked_twice():
+    assert proto("rank-grpo", [M], [A], [M])["ndcg@20"] == 0.0
+    cat = Catalog(catalog_frame([("X", 2000, 1.0), ("X", 2002, 1.0), ("Y", 2000, 1.0)]))
+    # (X, 2001) is no pair; (X, 2002) is; both ground-truth items match it first: one hit, recall 1/2
+    r = proto("rank-grpo", [("X", 2002), ("X", 2000)], [("X", 2001), ("X", 2003)], cat=cat)
+    assert r["recall@5"] == 0.5
+    # convrec: in list order each item takes the first unhit ground-truth item it matches: two hits
+    assert proto("convrec", [("X", 2002), ("X", 2000)], [("X", 2001), ("X", 2003)], cat=cat)["recall@5"] == 0.5
+    assert proto("convrec", [("X", 2000), ("X", 2002)], [("X", 2001), ("X", 2003)], cat=cat)["recall@5"] == 1.0
+
+
+def test_he2023_conditions_and_text_reading():
+    samples = samples_frame([("s", [E], [A, E])])
+    text = "Here you go:\n1. A Movie (2000)\n2. Elf (2003)\n3. Bee Story (2001)\n\nEnjoy these picks, they are great!"
+    p = pl.DataFrame({"sample_id": ["s"], "text": [text]})
+    summary, rows = evaluate(p, samples, CAT, EvalConfig(ks=(1, 5), protocol="he2023", n_boot=0))
+    conds = summary["conditions"]
+    assert conds["rec"]["n"] == 1 and conds["dis"]["n"] == 1  # A new, Elf mentioned before
+    assert conds["rec"]["recall@1"]["mean"] == 1.0  # "Here you go:" dropped, numbering stripped
+    assert conds["dis"]["recall@5"]["mean"] == 0.0  # Elf was seen: excluded from the list
+    assert conds["all"]["recall@1"]["mean"] == 0.5
+    assert set(rows["condition"].to_list()) == {"rec", "dis"} and rows.height == 2
+
+
+def test_he2023_interval_is_mean_pm_196_se():
+    samples = samples_frame([(f"s{i}", [], [A]) for i in range(4)])
+    p = pl.DataFrame({"sample_id": [f"s{i}" for i in range(4)], "text": ["1. A Movie", "1. Elf", "1. A Movie", "x"]})
+    summary, _ = evaluate(p, samples, CAT, EvalConfig(ks=(1,), protocol="he2023", n_boot=0))
+    part = summary["conditions"]["all"]["recall@1"]
+    se = math.sqrt(((0.5**2) * 4) / 3) / 2  # values 1, 0, 1, 0: sd (ddof 1) over sqrt(4)
+    assert part["mean"] == 0.5 and part["se"] == pytest.approx(se)
+    assert part["ci95"] == pytest.approx([0.5 - 1.959964 * se, 0.5 + 1.959964 * se], rel=1e-5)
+
+
+def test_convrec_bootstrap_interval_is_seeded_and_brackets_the_mean():
+    samples = samples_frame([(f"s{i}", [], [A]) for i in range(40)])
+    p = pl.DataFrame({"sample_id": [f"s{i}" for i in range(40)], "text": ["A Movie (2000)", "Elf (2003)"] * 20})
+    cfg = EvalConfig(ks=(1,), n_items=1, n_boot=500, seed=7)
+    s1, _ = evaluate(p, samples, CAT, cfg)
+    s2, _ = evaluate(p, samples, CAT, cfg)
+    lo, hi = s1["intervals"]["recall@1"]
+    assert s1["intervals"] == s2["intervals"] and lo < 0.5 < hi and hi - lo < 0.5
+
+
+def test_no_year_format_validity_needs_no_year():
+    yearless = Catalog(catalog_frame(), use_year=False)
+    samples = samples_frame([("s", [], [("Elf", None)])])
+    p = pl.DataFrame({"sample_id": ["s"], "text": ["Elf\nFargo"]})
+    summary, _ = evaluate(p, samples, yearless, EvalConfig(ks=(1,), n_items=2, n_boot=0))
+    assert summary["format_valid"] == 1.0 and summary["recall@1"] == 1.0
+    summary, _ = evaluate(p, samples, CAT, EvalConfig(ks=(1,), n_items=2, n_boot=0))
+    assert summary["format_valid"] == 0.0  # with years, a year-less line is not the format
+
+
+def _released_rules(items, gt, seen_titles, pairs, k):
+    """The rules of Rank-GRPO's released evaluate_direct_match, restated per sample."""
+    lst = [it for it in items if it[0] not in seen_titles and it in pairs]
+    hits = [0] * len(lst)
+    for gt_title, gt_year in gt:
+        for i, (t, y) in enumerate(lst):
+            if t == gt_title and abs(gt_year - y) <= 2:
+                hits[i] = 1
+                break
+    if not lst:
+        return 0.0, 0.0
+    dcg = sum(h / math.log2(i + 2) for i, h in enumerate(hits[:k]))
+    idcg = sum(1 / math.log2(i + 2) for i in range(min(len(gt), len(lst), k)))
+    return sum(hits[:k]) / len(gt), dcg / idcg
+
+
+def test_rank_grpo_equals_the_released_rules_on_random_lists():
+    import random
+
+    rng = random.Random(0)
+    rows = [(f"T{i % 40}", 1990 + (i // 40) * 3, 1.0) for i in range(80)]  # 40 titles, each in two remakes
+    cat = Catalog(catalog_frame(rows))
+    pairs = {(t, y) for t, y, _ in rows}
+    noisy = lambda: (f"T{rng.randrange(45)}", 1990 + rng.randrange(8))  # noqa: E731  invented titles, year noise
+    cases = []
+    for i in range(300):
+        items = [noisy() for _ in range(rng.randrange(0, 25))]
+        gt = [noisy() for _ in range(rng.randrange(1, 4))]
+        gt += gt[:1] * rng.randrange(2)  # duplicate ground truth now and then
+        seen = [noisy() for _ in range(rng.randrange(0, 4))]
+        cases.append((f"s{i}", items, gt, seen))
+    samples = samples_frame([(sid, seen, gt) for sid, _, gt, seen in cases])
+    preds = pl.DataFrame(
+        {"sample_id": [c[0] for c in cases], "items": [[{"title": t, "year": y} for t, y in c[1]] for c in cases]}
+    )
+    _, per = evaluate(preds, samples, cat, EvalConfig(ks=(5, 20), protocol="rank-grpo", n_boot=0))
+    for (_, items, gt, seen), rec, ndcg in zip(cases, per["recall@20"], per["ndcg@20"], strict=True):
+        want = _released_rules(items, gt, {t for t, _ in seen}, pairs, 20)
+        assert (rec, ndcg) == pytest.approx(want)

@@ -7,9 +7,8 @@ from pathlib import Path
 import typer
 
 from convrec import artifacts
-from convrec.catalog import Catalog
 from convrec.cli.common import console
-from convrec.data import catalog_path, load_catalog, load_split, split_path
+from convrec.data import catalog_path, load_split, open_catalog, split_path
 
 app = typer.Typer(help="Non-LLM baselines: popularity and item co-occurrence.", no_args_is_help=True)
 
@@ -22,7 +21,7 @@ N = typer.Option(20, "--n", help="List length.")
 def _run(kind: str, data: Path, split: str, out: Path, n: int, **params) -> None:
     from convrec.baselines import cooc, popularity
 
-    catalog = Catalog(load_catalog(data))
+    catalog = open_catalog(data)
     train = load_split(data, "train")
     samples = load_split(data, split)
     model = {"popularity": popularity, "cooc": cooc}[kind]

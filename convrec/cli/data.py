@@ -18,9 +18,12 @@ def synth_command(
     size: str = typer.Option("small", "--size", help="small (hundreds of items) or medium (thousands)."),
 ) -> None:
     """A deterministic synthetic movie world: the embedded default of the toolkit."""
+    from convrec.data import MatchRules, write_rules
     from convrec.data.synth import generate
 
-    print_report(generate(out, seed=seed, size=size))
+    report = generate(out, seed=seed, size=size)
+    write_rules(out, MatchRules())  # titles with years, matched within 2 years: what the world is made for
+    print_report(report)
 
 
 @app.command("redial")

@@ -87,10 +87,10 @@ def _usage_rows(usage: dict | None) -> list[tuple[str, str]]:
 
 
 def _load_catalog(data: Path):
-    from convrec.data import load_catalog
+    from convrec.data import open_catalog
     from convrec.pipeline.common import pipeline_catalog
 
-    catalog, dupes = pipeline_catalog(load_catalog(data))
+    catalog, dupes = pipeline_catalog(open_catalog(data))
     if dupes:
         console.print(f"[yellow]catalog: {dupes:,} duplicate rows dropped (same item_id, or same title and year)[/]")
     return catalog, dupes

@@ -48,17 +48,14 @@ def serve_command(
     import torch
     import uvicorn
 
-    from convrec import artifacts
-    from convrec.catalog import Catalog
-    from convrec.data import catalog_path
+    from convrec.data import open_catalog
     from convrec.models.load import load_model, load_tokenizer
     from convrec.serve.app import ServeSettings, create_app
     from convrec.serve.engine import Engine
 
     # more threads than free cores makes CPU decoding many times slower, not faster
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
-    path = catalog_path(catalog) if catalog.is_dir() else catalog
-    cat = Catalog(artifacts.read(path, artifacts.CATALOG))
+    cat = open_catalog(catalog, allow_file=True)  # a data folder's (or catalog file's folder's) matching rules
     with console.status("loading the model"):
         tok, mdl = load_tokenizer(model), load_model(model, dtype=dtype)
         engine = Engine(

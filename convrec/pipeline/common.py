@@ -23,15 +23,18 @@ from convrec.prompts import render_conversation
 CONTEXT_CHARS = 1200  # the embedder reads ~256 tokens: keep the latest part of long conversations
 
 
-def pipeline_catalog(df: pl.DataFrame) -> tuple[Catalog, int]:
+def pipeline_catalog(df: pl.DataFrame | Catalog) -> tuple[Catalog, int]:
     """The catalog with duplicate rows dropped (same item_id, or same normalised title and year):
-    a duplicate would split an item's score in two. Returns the catalog and how many were dropped."""
+    a duplicate would split an item's score in two. Returns the catalog and how many were dropped.
+    Given a `Catalog` (`data.open_catalog`), its matching rules carry over."""
+    rules = {"year_tolerance": df.year_tolerance, "use_year": df.use_year} if isinstance(df, Catalog) else {}
+    df = df.df if isinstance(df, Catalog) else df
     if df.height == 0:
         raise ConvrecError("catalog is empty: it needs at least one item")
     key = pl.Series([f"{normalize_title(t)}\x1f{y}" for t, y in zip(df["title"], df["year"], strict=True)])
     keep = ~(df["item_id"].is_duplicated() & ~df["item_id"].is_first_distinct()) & key.is_first_distinct()
     out = df.filter(keep)
-    return Catalog(out), df.height - out.height
+    return Catalog(out, **rules), df.height - out.height
 
 
 def item_texts(catalog: Catalog) -> list[str]:

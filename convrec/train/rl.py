@@ -18,7 +18,7 @@ import torch
 
 from convrec.catalog import Catalog
 from convrec.constrained import CatalogConstraints
-from convrec.data import item_lists, load_catalog, load_split
+from convrec.data import item_lists, load_split, open_catalog
 from convrec.errors import ConvrecError
 from convrec.generate import encode_prompts, left_pad
 from convrec.mentions import MentionFinder
@@ -116,7 +116,7 @@ def train(cfg: RLConfig, console=None) -> dict:
         raise ConvrecError(f"{out}: is a file, expected a run folder")
     state = checkpoint.load_state(out / "last") if cfg.resume else None
     torch.manual_seed(cfg.seed)
-    catalog = Catalog(load_catalog(cfg.data))
+    catalog = open_catalog(cfg.data)  # the data folder's matching rules (matching.json)
     policy_path = out / "last" if cfg.resume else cfg.init
     tokenizer = load_tokenizer(policy_path)
     model = load_model(policy_path)

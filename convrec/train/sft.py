@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from convrec import artifacts
-from convrec.catalog import Catalog
-from convrec.data import item_lists, load_catalog, load_split
+from convrec.data import item_lists, load_split, open_catalog
 from convrec.errors import ConvrecError
 from convrec.evaluation import EvalConfig, evaluate
 from convrec.generate import GenerationConfig, generate_predictions
@@ -98,7 +97,7 @@ def train(cfg: SFTConfig, console=None) -> dict:
         raise ConvrecError(f"{out}: is a file, expected a run folder")
     state = checkpoint.load_state(out / "last") if cfg.resume else None  # fail before any heavy loading
     torch.manual_seed(cfg.seed)
-    catalog = Catalog(load_catalog(cfg.data))
+    catalog = open_catalog(cfg.data)  # the data folder's matching rules (matching.json)
     tokenizer = load_tokenizer(cfg.model if not cfg.resume else out / "last")
     if cfg.lora_r:  # the base stays cfg.model; resume reloads the unmerged adapter
         model = lora.wrap(

@@ -13,7 +13,7 @@ import polars as pl
 import torch
 
 from convrec.baselines import cooc
-from convrec.catalog import Catalog
+from convrec.catalog import Catalog, normalize_title
 from convrec.data import item_lists
 from convrec.errors import ConvrecError
 from convrec.generate import encode_prompt
@@ -34,8 +34,8 @@ def ground_truth_targets(train: pl.DataFrame, catalog: Catalog, n: int) -> list[
     fill = item_lists(cooc.recommend(train, train, catalog, n=n + 8)["items"])
     targets = []
     for gt, extra in zip(item_lists(train["ground_truth"]), fill, strict=True):
-        keys = {(t.casefold(), y) for t, y in gt}
-        targets.append((gt + [x for x in extra if (x[0].casefold(), x[1]) not in keys])[:n])
+        keys = {(normalize_title(t), y) for t, y in gt}  # the matcher's key, not a second notion of equality
+        targets.append((gt + [x for x in extra if (normalize_title(x[0]), x[1]) not in keys])[:n])
     return targets
 
 
