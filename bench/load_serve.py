@@ -6,8 +6,10 @@
 Without --url it starts the real server (`convrec serve`) on a free 127.0.0.1 port and stops it
 at the end; without --model that server runs an untrained tiny model on the synthetic world.
 Requests mix `/v1/recommend` (k 1..10) and `/v1/chat/completions` (constrained or not, streamed
-or not) over the test split's conversations. Only loopback addresses are accepted. Prints the
-status counts, p50/p95/p99 latency and throughput; exits 1 on any 5xx or transport error.
+or not) over the test split's conversations, with ``--bad`` malformed ones among them (broken or
+50,000-deep JSON, a lone surrogate, an unknown field, a wrong type), each of which must get a 4xx.
+Only loopback addresses are accepted. Prints the status counts, p50/p95/p99 latency and
+throughput; exits 1 on any 5xx or transport error, or a malformed request not answered 4xx.
 """
 
 from __future__ import annotations
@@ -75,9 +77,19 @@ def start_server(model: str, data: Path, key: str, extra: list[str]) -> tuple[su
     sys.exit("error: the server did not come up in 300 s")
 
 
-def make_requests(convs: list[list[dict]], n: int, seed: int) -> list[tuple[str, dict, bool]]:
+BAD_BODIES = {
+    "broken json": b'{"messages": [',
+    "deep json": b"[" * 50_000 + b"]" * 50_000,
+    "lone surrogate": b'{"messages": [{"role": "user", "content": "hi \\ud800"}], "k": 3}',
+    "unknown field": b'{"messages": [{"role": "user", "content": "hi"}], "k": 3, "temprature": 0.5}',
+    "wrong type": b'{"messages": "hi", "k": "3"}',
+}
+
+
+def make_requests(convs: list[list[dict]], n: int, seed: int, bad: int = 0) -> list[tuple[str, dict | bytes, bool]]:
+    """n well-formed requests, then ``bad`` malformed ones (raw bytes) spread among them."""
     rng = random.Random(seed)
-    out = []
+    out: list[tuple[str, dict | bytes, bool]] = []
     for i in range(n):
         msgs = convs[i % len(convs)]
         roll = rng.random()
@@ -87,6 +99,10 @@ def make_requests(convs: list[list[dict]], n: int, seed: int) -> list[tuple[str,
             stream = roll > 0.9
             body = {"model": "convrec", "messages": msgs, "max_tokens": 48, "constrained": roll < 0.8, "k": 5}
             out.append(("/v1/chat/completions", {**body, "stream": stream}, stream))
+    kinds = list(BAD_BODIES.values())
+    for i in range(bad):
+        path = "/v1/recommend" if i % 2 else "/v1/chat/completions"
+        out.insert(rng.randrange(len(out) + 1), (path, kinds[i % len(kinds)], False))
     return out
 
 
@@ -106,12 +122,15 @@ async def run_load(url: str, key: str, requests: list, concurrency: int, max_sec
                             async for _ in r.aiter_lines():
                                 pass
                             status = r.status_code
+                    elif isinstance(body, bytes):  # malformed on purpose
+                        status = (await client.post(path, content=body)).status_code
                     else:
                         status = (await client.post(path, json=body)).status_code
                 except httpx.HTTPError as e:
                     status = -1
                     print(f"transport error on {path}: {type(e).__name__}: {e}", file=sys.stderr)
-                results.append((path, status, time.perf_counter() - start))
+                route = f"{path} (malformed)" if isinstance(body, bytes) else path
+                results.append((route, status, time.perf_counter() - start))
 
         start = time.perf_counter()
         tasks = [asyncio.create_task(one(*r)) for r in requests]
@@ -130,12 +149,13 @@ def main() -> None:
     ap.add_argument("--data", help="data folder: conversations from its test split (default: synthetic world)")
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--bad", type=int, default=60, help="malformed requests mixed in (each must get a 4xx)")
     ap.add_argument("--max-seconds", type=float, default=900, help="stop after this long whatever is left")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--server-args", default="--threads 1 --max-batch 32", help="extra flags for convrec serve")
     args = ap.parse_args()
-    if args.requests < 1 or args.concurrency < 1 or args.requests > 100_000:
-        sys.exit("error: --requests must be 1..100000 and --concurrency at least 1")
+    if args.requests < 1 or args.concurrency < 1 or args.requests > 100_000 or args.bad < 0:
+        sys.exit("error: --requests must be 1..100000, --concurrency at least 1 and --bad at least 0")
     tmp = Path(tempfile.mkdtemp(prefix="load_serve_"))
     data = Path(args.data) if args.data else tmp / "data"
     if not args.data:
@@ -151,7 +171,7 @@ def main() -> None:
         proc, url = start_server(model, data, args.api_key, args.server_args.split())
     try:
         convs = load_split(data, "test")["messages"].to_list()
-        reqs = make_requests(convs, args.requests, args.seed)
+        reqs = make_requests(convs, args.requests, args.seed, args.bad)
         results, wall = asyncio.run(run_load(url, args.api_key, reqs, args.concurrency, args.max_seconds))
     finally:
         if proc is not None:
@@ -169,11 +189,14 @@ def main() -> None:
         table.add_row(path, str(len(rows)), statuses, f"{p50:.2f}", f"{p95:.2f}", f"{p99:.2f}")
     console.print(table)
     bad = [r for r in results if r[1] >= 500 or r[1] < 0]
+    malformed = [r for r in results if r[0].endswith("(malformed)")]
+    not_4xx = [r for r in malformed if not 400 <= r[1] < 500]
     console.print(
         f"throughput {len(results) / wall:.2f} requests/s; 5xx or transport errors: {len(bad)}; "
+        f"malformed answered 4xx: {len(malformed) - len(not_4xx)}/{len(malformed)}; "
         f"unfinished: {len(reqs) - len(results)}"
     )
-    sys.exit(1 if bad or len(results) < len(reqs) else 0)
+    sys.exit(1 if bad or not_4xx or len(results) < len(reqs) else 0)
 
 
 if __name__ == "__main__":
