@@ -65,6 +65,34 @@ def normalize_title(title: str) -> str:
     return _NON_ALNUM.sub(" ", t).strip()
 
 
+_PRINTABLE_ASCII = r"^[ -~]*$"
+
+
+def normalize_titles(titles: pl.Series) -> pl.Series:
+    """`normalize_title` over a whole column, once per distinct title. Printable-ASCII titles
+    (nearly all) take the same steps as polars string expressions, without a Python call each;
+    any other title goes through `normalize_title` itself. tests/test_catalog.py pins the two equal."""
+    titles = titles.cast(pl.String)
+    uniq = titles.unique().drop_nulls()
+    fast = (
+        pl.col("t")
+        .str.replace_all("`", "'", literal=True)
+        .str.to_lowercase()
+        .str.strip_chars(" ")
+        .str.replace_all("&", " and ", literal=True)
+        .str.replace(r"^(.+?),\s*(the|a|an)(\s*[:\-].*)?$", "${2} ${1}${3}")
+        .str.replace_all("'", "", literal=True)
+        .str.replace_all(r"[^0-9a-z]+", " ")
+        .str.strip_chars(" ")
+    )
+    ascii_ = pl.col("t").str.contains(_PRINTABLE_ASCII)
+    norm = pl.DataFrame({"t": uniq}).select(pl.when(ascii_).then(fast).otherwise(None).alias("n"))["n"]
+    slow = np.flatnonzero(norm.is_null().to_numpy())
+    if len(slow):
+        norm = norm.scatter(slow, [normalize_title(t) for t in uniq.gather(slow).to_list()])
+    return titles.replace_strict(uniq, norm, default=None, return_dtype=pl.String)
+
+
 def years_match(a: int | None, b: int | None, tolerance: int) -> bool:
     """Years agree within the tolerance; an unknown year on either side agrees with any year."""
     return a is None or b is None or abs(a - b) <= tolerance
@@ -76,7 +104,8 @@ def nearest_by_edits(
     """For each query, the index of the choice nearest by Levenshtein distance on lower-cased
     strings (ties: the first choice) and that distance; index -1 when none is within
     ``max_distance``. Exact matches come from a dict; the rest from batched `process.cdist` with
-    the distance capped at ``max_distance`` (bounded Levenshtein, C++, all cores)."""
+    the distance capped at ``max_distance`` (bounded Levenshtein, C++, all cores), each query
+    against the choices whose length is within ``max_distance`` of its own (no other can be)."""
     lower = [c.lower() for c in choices]
     first: dict[str, int] = {}
     for i, c in enumerate(lower):
@@ -85,20 +114,28 @@ def nearest_by_edits(
     idx = np.fromiter((first.get(s, -1) for s in q), dtype=np.int64, count=len(q))
     dist = np.where(idx >= 0, 0, max_distance + 1).astype(np.int64)
     rest = np.flatnonzero(idx < 0)
-    for start in range(0, len(rest), batch_size):
-        part = rest[start : start + batch_size]
-        d = process.cdist(
-            [q[i] for i in part],
-            lower,
-            scorer=Levenshtein.distance,
-            score_cutoff=max_distance,
-            dtype=np.int32,
-            workers=-1,
-        )
-        best = d.argmin(axis=1)
-        best_d = d[np.arange(len(part)), best]
-        ok = best_d <= max_distance
-        idx[part[ok]], dist[part[ok]] = best[ok], best_d[ok]
+    c_len = np.fromiter(map(len, lower), dtype=np.int64, count=len(lower))
+    q_len = np.fromiter((len(q[i]) for i in rest), dtype=np.int64, count=len(rest))
+    for length in np.unique(q_len):
+        near = np.flatnonzero(np.abs(c_len - length) <= max_distance)  # ascending: ties keep the first
+        todo = rest[q_len == length]
+        if len(near) == 0:
+            continue
+        pool = [lower[i] for i in near]
+        for start in range(0, len(todo), batch_size):
+            part = todo[start : start + batch_size]
+            d = process.cdist(
+                [q[i] for i in part],
+                pool,
+                scorer=Levenshtein.distance,
+                score_cutoff=max_distance,
+                dtype=np.int32,
+                workers=-1,
+            )
+            best = d.argmin(axis=1)
+            best_d = d[np.arange(len(part)), best]
+            ok = best_d <= max_distance
+            idx[part[ok]], dist[part[ok]] = near[best[ok]], best_d[ok]
     return idx, dist
 
 
@@ -130,6 +167,7 @@ class Catalog:
         self.popularity = np.asarray(pop, dtype=np.float64)
         self.row_of_id = {iid: i for i, iid in enumerate(self.item_ids)}
         self._resolved: dict[tuple[str, int | None], tuple[str, int]] = {}
+        self._keys_frame: pl.DataFrame | None = None  # built by the first `lookup_keys`
         self._by_title: dict[str, list[int]] = {}
         for i, n in enumerate(self.norm):
             self._by_title.setdefault(n, []).append(i)
@@ -178,6 +216,30 @@ class Catalog:
             if dy <= self.year_tolerance and (best_dy is None or dy < best_dy):
                 best, best_dy = r, dy
         return best
+
+    def lookup_keys(self, norms: pl.Series, years: pl.Series) -> np.ndarray:
+        """`lookup_normalized` over whole columns (normalised titles, years) as one join with the
+        catalog: same rules, same picks (closest year, then the title's popularity order)."""
+        if self._keys_frame is None:
+            order = np.empty(len(self), dtype=np.int64)
+            for rows in self._by_title.values():
+                order[rows] = np.arange(len(rows))
+            self._keys_frame = pl.DataFrame(
+                {"k": self.norm, "row": np.arange(len(self)), "cy": pl.Series(self.years, dtype=pl.Int64), "o": order}
+            )
+        q = pl.DataFrame({"k": norms.cast(pl.String), "y": years.cast(pl.Int64)}).with_row_index("q")
+        c = q.join(self._keys_frame, on="k", how="inner")
+        if self.use_year:
+            tol = self.year_tolerance
+            dy = pl.when(pl.col("cy").is_null()).then(tol).otherwise((pl.col("cy") - pl.col("y")).abs())
+            c = c.filter(pl.col("y").is_not_null()).with_columns(dy=dy).filter(pl.col("dy") <= tol)
+            c = c.sort("q", "dy", "o")
+        else:
+            c = c.sort("q", "o")
+        best = c.unique("q", keep="first")
+        out = np.full(q.height, -1, dtype=np.int64)
+        out[best["q"].to_numpy()] = best["row"].to_numpy()
+        return out
 
     def lookup_many(
         self, titles: Sequence[str], years: Sequence[int | None] | None = None, *, allow_missing_year: bool = False

@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 
 from convrec import artifacts
-from convrec.catalog import Catalog, nearest_by_edits, normalize_title
+from convrec.catalog import Catalog, nearest_by_edits, normalize_titles
 from convrec.listfmt import Item, he2023_clean
 
 HIT, MISS, SEEN, OUT, DUP = "hit", "miss", "seen", "out_of_catalog", "duplicate"
@@ -107,50 +107,32 @@ def _flat(col: pl.Series) -> pl.DataFrame:
     return df.explode("it").unnest("it").filter(pl.col("title").is_not_null())
 
 
-def _ids(titles: pl.Series, key, vocab: dict) -> np.ndarray:
-    """Integer id of key(title) for every title, computing key once per distinct title."""
-    uniq = titles.unique().to_list()
-    ids = [vocab.setdefault(key(t), len(vocab)) for t in uniq]
-    if not uniq:
-        return np.zeros(0, dtype=np.int64)
-    return titles.replace_strict(uniq, ids, return_dtype=pl.Int64).to_numpy()
-
-
-def _rows(keys: np.ndarray, years: pl.Series, lookup) -> np.ndarray:
-    """Catalog row of each (title key, year), calling ``lookup(key, year)`` once per distinct pair."""
-    items = pl.DataFrame({"k": keys, "y": years.fill_null(_NO_YEAR)})
-    pairs = items.unique()
-    rows = [lookup(k, None if y == _NO_YEAR else y) for k, y in pairs.iter_rows()]
-    if not rows:
-        return np.zeros(0, dtype=np.int64)
-    keyed = pairs.with_columns(row=pl.Series(rows, dtype=pl.Int64))
-    return items.join(keyed, on=["k", "y"], how="left", maintain_order="left")["row"].to_numpy()
-
-
-def _keys(protocol: Protocol, catalog: Catalog, items, gts, seens) -> tuple[np.ndarray, ...]:
+def _keys(
+    protocol: Protocol, catalog: Catalog, items, gts, seens
+) -> tuple[pl.Series, np.ndarray, pl.Series, pl.Series]:
     """(item key, item row, gt key, seen key): equal keys mean the same title under the protocol;
-    the row is the catalog item (-1: out of catalog)."""
-    vocab: dict = {}
+    the row is the catalog item (-1: out of catalog). Whole columns at a time."""
     if protocol.match == "catalog":
-        tk = [_ids(f["title"], normalize_title, vocab) for f in (items, gts, seens)]
-        norm = list(vocab)  # id -> normalised title (dicts keep insertion order)
-        row = _rows(tk[0], items["year"], lambda k, y: catalog.lookup_normalized(norm[k], y))
-        return tk[0], row, tk[1], tk[2]
+        k_item, k_gt, k_seen = (normalize_titles(f["title"]) for f in (items, gts, seens))
+        return k_item, catalog.lookup_keys(k_item, items["year"]), k_gt, k_seen
     if protocol.match == "exact":
-        tk = [_ids(f["title"], str, vocab) for f in (items, gts, seens)]
-        raw = list(vocab)
-        pairs: dict = {}
-        for r, (t, y) in enumerate(zip(catalog.titles, catalog.years, strict=True)):
-            pairs.setdefault((t, y) if catalog.use_year else t, r)
-        row = _rows(tk[0], items["year"], lambda k, y: pairs.get((raw[k], y) if catalog.use_year else raw[k], -1))
-        return tk[0], row, tk[1], tk[2]
+        on = ["title", "year"] if catalog.use_year else ["title"]
+        pairs = pl.DataFrame({"title": catalog.titles, "year": pl.Series(catalog.years, dtype=pl.Int64)})
+        pairs = pairs.with_row_index("row").unique(on, keep="first", maintain_order=True)
+        rows = items.select(on).join(
+            pairs.select("row", *on), on=on, how="left", maintain_order="left", nulls_equal=True
+        )
+        return items["title"], rows["row"].fill_null(-1).cast(pl.Int64).to_numpy(), gts["title"], seens["title"]
     names = list(dict.fromkeys(he2023_clean(t, numbering=False) for t in catalog.titles))
-    vocab.update((n, i) for i, n in enumerate(names))
     lines = items["title"].unique()
     idx, _ = nearest_by_edits(lines.to_list(), names, HE2023_MAX_EDITS)
     row = items["title"].replace_strict(lines, pl.Series(idx, dtype=pl.Int64), return_dtype=pl.Int64).to_numpy()
-    clean = lambda t: he2023_clean(t, numbering=False)  # noqa: E731
-    return row, row, _ids(gts["title"], clean, vocab), _ids(seens["title"], clean, vocab)
+    k_item = pl.Series(np.asarray(names + [""], dtype=object)[row].tolist(), dtype=pl.String)
+    clean = [
+        f["title"].map_elements(lambda t: he2023_clean(t, numbering=False), return_dtype=pl.String)
+        for f in (gts, seens)
+    ]
+    return k_item, row, clean[0], clean[1]
 
 
 def _years_ok(a: np.ndarray, b: np.ndarray, tolerance: int, use: bool) -> np.ndarray:

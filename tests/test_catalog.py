@@ -1,9 +1,12 @@
 import numpy as np
+import polars as pl
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from convrec.catalog import Catalog, normalize_title, years_match
+from convrec.catalog import Catalog, nearest_by_edits, normalize_title, normalize_titles, years_match
 from convrec.errors import ConvrecError
-from tests.conftest import catalog_frame
+from tests.conftest import SHARED_DATA, catalog_frame
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +98,51 @@ def test_fuzzy_scores_shape(cat):
 def test_empty_catalog_is_a_user_error():
     with pytest.raises(ConvrecError, match="empty"):
         Catalog(catalog_frame([]))
+
+
+# --- the column twins of the scalar matcher (what eval's vectorised protocols use) ---
+
+PIECES = [*"abcXYZ &,:'-`.\u00e9\t", "The", "the", "A", "an", ", The", ", a: x"]
+TITLE_TEXT = st.lists(st.sampled_from(PIECES), max_size=12).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(TITLE_TEXT, max_size=20))
+@example(["Matrix, The", "Fast & Furious", "  Amélie  ", "Ocean's Eleven", "X, a: the Sequel", "`Quoted`", ""])
+def test_normalize_titles_equals_normalize_title(titles):
+    got = normalize_titles(pl.Series(titles, dtype=pl.String)).to_list()
+    assert got == [normalize_title(t) for t in titles]
+
+
+def test_normalize_titles_on_the_reddit_catalog():
+    path = SHARED_DATA / "reddit_v2" / "catalog.csv"
+    if not path.exists():
+        pytest.skip("../shared/data/reddit_v2/catalog.csv is absent")
+    titles = pl.read_csv(path)["title"]
+    assert normalize_titles(titles).to_list() == [normalize_title(t) for t in titles.to_list()]
+
+
+def test_lookup_keys_equals_lookup(cat):
+    queries = [(t, y + dy) for t, y in zip(cat.titles, cat.years, strict=True) for dy in (-3, -2, 0, 1, 3)]
+    queries += [("dune", None), ("Dune", 2003), ("Matrix, The", 2000), ("nope", 2000)]
+    for c in (cat, Catalog(catalog_frame(), use_year=False), Catalog(catalog_frame(), year_tolerance=0)):
+        titles = pl.Series([t for t, _ in queries])
+        got = c.lookup_keys(normalize_titles(titles), pl.Series([y for _, y in queries], dtype=pl.Int64))
+        assert got.tolist() == [c.lookup(t, y) for t, y in queries]
+
+
+def test_nearest_by_edits_equals_brute_force():
+    from rapidfuzz.distance import Levenshtein
+
+    rng = np.random.default_rng(0)
+    alphabet = list("abcdeAB ")
+    words = ["".join(rng.choice(alphabet, size=rng.integers(0, 7))) for _ in range(300)]
+    choices, queries = words[:60], words[60:]
+    idx, dist = nearest_by_edits(queries, choices, 2)
+    for q, i, d in zip(queries, idx, dist, strict=True):
+        ds = [Levenshtein.distance(q.lower(), c.lower()) for c in choices]
+        best = int(np.argmin(ds))
+        if ds[best] <= 2:
+            assert (i, d) == (best, ds[best])
+        else:
+            assert i == -1
