@@ -168,7 +168,45 @@ def test_fit_learns_the_bias_the_teacher_missed() -> None:
     assert stats.ll_after > stats.ll_before + 0.3
     assert b[5] == b.max() and b[5] > 1.0  # item 5 is what users answer with
     w2, b2, stats2 = adjust.fit(rows, scores, seen, gt, n_items, adjust.AdjustConfig(l2=1e6, max_iter=20))
-    assert np.allclose(w2, 1, atol=1e-2) and np.allclose(b2, 0, atol=1e-2)  # a huge penalty keeps the identity
+    # a huge penalty leaves only the shared scale: one temperature for every item, no per-item bias
+    assert np.allclose(w2, stats2.scale, atol=1e-2) and np.allclose(b2, 0, atol=1e-2)
+
+
+def _flat_teacher_world(rng: np.random.Generator, n: int, n_items: int = 100, clusters: int = 10):
+    """Users want their taste cluster's items, popular ones more; the teacher knows the cluster but
+    scores on a flat scale (as remap's cosines do) and ignores popularity."""
+    cluster = np.arange(n_items) % clusters
+    log_pop = -0.5 * np.log(1 + rng.permutation(n_items))
+    taste = rng.integers(clusters, size=n)
+    logits = log_pop[None, :] + 3.0 * (cluster[None, :] == taste[:, None])
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    gt = [rng.choice(n_items, size=2, replace=False, p=row) for row in p]
+    scores = 0.3 * (cluster[None, :] == taste[:, None]) + 0.05 * rng.normal(size=(n, n_items))
+    return np.tile(np.arange(n_items), (n, 1)), scores, gt
+
+
+def test_adjust_moves_the_lists_towards_the_ground_truth() -> None:
+    """Held out: after adjust, the top-20 item distribution is closer to the ground truth's (JS), and
+    so is the share of the most popular items, with no item flooding the lists."""
+    rng = np.random.default_rng(0)
+    n_items, cfg = 100, adjust.AdjustConfig()
+    rows, scores, gt = _flat_teacher_world(rng, 800, n_items)
+    seen = [np.zeros(0, dtype=np.int64)] * 800
+    w, b, stats = adjust.fit(rows[:600], scores[:600], seen[:600], gt[:600], n_items, cfg)
+    out, _ = adjust.apply(rows[600:], {"score": scores[600:]}, seen[600:], w, b, cfg)
+    before = [r[np.argsort(-s, kind="stable")][:20] for r, s in zip(rows[600:], scores[600:], strict=True)]
+    after = [r[:20] for r in out]
+    held = gt[600:]
+    js_before, js_after = adjust.js_divergence(before, held, n_items), adjust.js_divergence(after, held, n_items)
+    assert js_after < 0.95 * js_before
+    popular = adjust.popular_items(
+        gt[:600], Catalog(catalog_frame([(f"M{i}", 2000, 1.0) for i in range(n_items)])), 0.05
+    )
+    share = {k: adjust.popular_share(x, popular) for k, x in (("before", before), ("after", after), ("gt", held))}
+    assert abs(share["after"] - share["gt"]) < abs(share["before"] - share["gt"])
+    assert stats.scale > 2  # the flat teacher scores needed sharpening
+    assert max(adjust.item_counts(after, n_items)) < 0.5 * len(after)  # no item in half of the lists
 
 
 def test_ground_truth_first_by_hand() -> None:
@@ -234,6 +272,9 @@ def test_remap_reflect_adjust_cli_on_the_synthetic_world(tmp_path: Path, stage1_
     proc = run_cli("adjust", "--in", tmp_path / "reflect.parquet", "--data", data, "--out", tmp_path / "sft.parquet")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "log-lik per gt item (fit): before → after" in proc.stdout
+    st = artifacts.provenance(tmp_path / "sft.parquet")["params"]["stats"]
+    assert st["js_out"] < st["js_in"]  # the lists' item distribution moved towards the ground truth's
+    assert abs(st["popular_share_out"] - st["popular_share_gt"]) <= abs(st["popular_share_in"] - st["popular_share_gt"])
 
     cat = Catalog(pl.read_parquet(data / "catalog.parquet"))
     train = pl.read_parquet(data / "train.parquet")

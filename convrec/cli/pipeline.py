@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -38,26 +39,31 @@ def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> No
         raise ConvrecError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
 
 
-def _llm_config(model, base_url, key_env, concurrency, timeout, retries, backoff, max_calls, cache, usage, out):
-    from convrec.llm import LLMConfig
+def _llm_config(model: str, out: Path, opts: dict):
+    """The LLM client settings from a command's shared options (its locals: base_url, api_key_env, ...);
+    the key is checked now, so a missing one fails in one line before any work."""
+    from convrec.llm import LLMClient, LLMConfig
     from convrec.llm.client import default_cache_dir
 
-    for name, v in (("--concurrency", concurrency), ("--timeout", timeout), ("--max-calls", max_calls)):
+    for name, v in (("--concurrency", opts["concurrency"]), ("--timeout", opts["timeout"])):
         _positive(name, v)
-    _positive("--max-retries", retries, allow_zero=True)
-    _positive("--backoff", backoff, allow_zero=True)
-    return LLMConfig(
+    _positive("--max-calls", opts["max_calls"])
+    _positive("--max-retries", opts["max_retries"], allow_zero=True)
+    _positive("--backoff", opts["backoff"], allow_zero=True)
+    cfg = LLMConfig(
         model=model,
-        base_url=base_url,
-        api_key_env=key_env,
-        concurrency=concurrency,
-        timeout=timeout,
-        max_retries=retries,
-        backoff=backoff,
-        max_calls=max_calls,
-        cache_dir=cache or default_cache_dir(),
-        usage_log=usage or Path(f"{out}.usage.jsonl"),
+        base_url=opts["base_url"],
+        api_key_env=opts["api_key_env"],
+        concurrency=opts["concurrency"],
+        timeout=opts["timeout"],
+        max_retries=opts["max_retries"],
+        backoff=opts["backoff"],
+        max_calls=opts["max_calls"],
+        cache_dir=opts["cache_dir"] or default_cache_dir(),
+        usage_log=opts["usage_log"] or Path(f"{out}.usage.jsonl"),
     )
+    LLMClient(cfg)
+    return cfg
 
 
 def _check_out(out: Path, *more: Path | None) -> None:
@@ -156,22 +162,7 @@ def remap_command(
     _check_out(out, raw_out)
     llm = None
     if teacher not in OFFLINE_TEACHERS:
-        llm = _llm_config(
-            teacher,
-            base_url,
-            api_key_env,
-            concurrency,
-            timeout,
-            max_retries,
-            backoff,
-            max_calls,
-            cache_dir,
-            usage_log,
-            out,
-        )
-        from convrec.llm import LLMClient
-
-        LLMClient(llm)  # fails now, in one line, when the key is missing
+        llm = _llm_config(teacher, out, locals())
     catalog, dupes = _load_catalog(data)
     samples = load_split(data, split)
     if samples.height == 0:
@@ -184,7 +175,7 @@ def remap_command(
 
     samples = remap.sample_fraction(samples, fraction, seed)
     convs = conversations(samples)
-    with console.status(f"teacher {teacher}: {convs.height:,} conversations") if llm is None else _nullcontext():
+    with console.status(f"teacher {teacher}: {convs.height:,} conversations") if llm is None else nullcontext():
         t_out = teachers.answer(teacher, convs, data=data, split=split, catalog=catalog, n=n, seed=seed, llm=llm)
     emb = Embedder(embedder, cache_dir or default_cache_dir())
     cfg = remap.RemapConfig(n=n, top_m=top_m, lam=lam, fuzzy_cutoff=fuzzy_cutoff, batch_size=batch_size)
@@ -227,14 +218,6 @@ def remap_command(
     _table(f"remap → {out}", rows)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def reflect_command(
     inp: Path = typer.Option(..., "--in", help="Remap Parquet (output of convrec remap)."),
     data: Path = DATA,
@@ -269,22 +252,7 @@ def reflect_command(
     _check_out(out)
     llm = None
     if judge != "embed":
-        llm = _llm_config(
-            judge,
-            base_url,
-            api_key_env,
-            concurrency,
-            timeout,
-            max_retries,
-            backoff,
-            max_calls,
-            cache_dir,
-            usage_log,
-            out,
-        )
-        from convrec.llm import LLMClient
-
-        LLMClient(llm)
+        llm = _llm_config(judge, out, locals())
     df = _read_stage(inp, "remap")
     catalog, _ = _load_catalog(data)
 
@@ -333,7 +301,7 @@ def adjust_command(
         help="Reflect Parquet of training conversations to fit w, b on (default: --in; to score held-out "
         "conversations, fit on the train run, never on the rows you evaluate).",
     ),
-    l2: float = typer.Option(0.01, "--l2", help="Penalty on ‖w − 1‖² + ‖b‖²."),
+    l2: float = typer.Option(0.1, "--l2", help="Penalty on ‖δ‖² + ‖b‖² (w = α (1 + δ), α shared and free)."),
     max_iter: int = typer.Option(100, "--max-iter", help="L-BFGS iterations."),
     n: int = typer.Option(20, "--n", help="Target list length."),
     top_m: int = typer.Option(200, "--top-m", help="Candidates written per conversation."),
@@ -345,60 +313,18 @@ def adjust_command(
     ),
 ) -> None:
     """Fit per-item w, b on training ground truth (popularity-bias correction) and write the SFT set."""
-    import numpy as np
-    import polars as pl
-
-    from convrec.baselines import resolve_rows
-    from convrec.data import SPLITS, load_split
     from convrec.pipeline import adjust
-    from convrec.pipeline.common import unpack_candidates
 
     for name, v in (("--max-iter", max_iter), ("--n", n), ("--top-m", top_m)):
         _positive(name, v)
     _positive("--l2", l2, allow_zero=True)
     _check_out(out)
     df = _read_stage(inp, "reflect")
-    fit_df = _read_stage(fit_on, "reflect") if fit_on is not None else df
+    fit_df = _read_stage(fit_on, "reflect") if fit_on is not None else None
     catalog, _ = _load_catalog(data)
-    gt_of: dict[str, list] = {}
-    for s in SPLITS:
-        try:
-            split_df = load_split(data, s)
-        except ConvrecError:
-            continue
-        gt_of.update(zip(split_df["sample_id"].to_list(), split_df["ground_truth"].to_list(), strict=True))
-    item_t = artifacts.SAMPLES.required["ground_truth"]
-
-    def gt_rows(frame: pl.DataFrame) -> list[np.ndarray]:
-        col = pl.Series([gt_of.get(s, []) for s in frame["sample_id"].to_list()], dtype=item_t)
-        return resolve_rows(catalog, col)
-
     cfg = adjust.AdjustConfig(l2=l2, max_iter=max_iter, n=n, top_m=top_m)
-    rows_f, fields_f = unpack_candidates(fit_df["candidates"], catalog)
-    seen_f = resolve_rows(catalog, fit_df["seen"])
-    with console.status(f"adjust: fitting w, b on {fit_df.height:,} samples (L-BFGS)"):
-        w, b, stats = adjust.fit(rows_f, fields_f["score"], seen_f, gt_rows(fit_df), len(catalog), cfg)
-    rows_a, fields_a = (rows_f, fields_f) if fit_on is None else unpack_candidates(df["candidates"], catalog)
-    seen_a = seen_f if fit_on is None else resolve_rows(catalog, df["seen"])
-    gt_a = gt_rows(df)
-    if fit_on is not None and any(len(g) for g in gt_a):
-        chunks = adjust._chunks(rows_a, fields_a["score"], seen_a, gt_a, len(catalog), cfg.chunk)
-        n_gt = max(sum(len(x) for c in chunks for x in c.gt), 1)
-        import torch
-
-        stats.apply_ll_before = adjust.total_ll(chunks, torch.ones(len(catalog)), torch.zeros(len(catalog))) / n_gt
-        stats.apply_ll_after = adjust.total_ll(chunks, torch.from_numpy(w), torch.from_numpy(b)) / n_gt
-    new_rows, new_fields = adjust.apply(rows_a, fields_a, seen_a, w, b, cfg)
-    if ground_truth_first:
-        new_rows, new_fields = adjust.ground_truth_first(new_rows, new_fields, gt_a)
-    popular = adjust.popular_items(gt_rows(load_split(data, "train")), catalog, cfg.top_share)
-    stats.popular_items = len(popular)
-    stats.popular_share_in = adjust.popular_share([r[r >= 0][:n] for r in rows_a], popular)
-    stats.popular_share_out = adjust.popular_share([r[r >= 0][:n] for r in new_rows], popular)
-    stats.popular_share_gt = adjust.popular_share(gt_a, popular)
-    res = adjust.to_frame(df, new_rows, new_fields, catalog, n).with_columns(
-        pl.Series("split_ground_truth", [gt_of.get(s, []) for s in df["sample_id"].to_list()], dtype=item_t)
-    )
+    with console.status(f"adjust: fitting w, b on {(fit_df if fit_df is not None else df).height:,} samples (L-BFGS)"):
+        res, stats = adjust.run(df, data, catalog, cfg, fit_df=fit_df, gt_first=ground_truth_first)
     params = {
         **vars(cfg),
         "ground_truth_first": ground_truth_first,
@@ -418,12 +344,12 @@ def adjust_command(
         )
     rows += [
         ("L-BFGS iterations", f"{stats.iterations}"),
-        ("mean w / std b", f"{stats.w_mean:.3f} / {stats.b_std:.3f}"),
+        ("shared scale α / mean w / std b", f"{stats.scale:.3f} / {stats.w_mean:.3f} / {stats.b_std:.3f}"),
+        (f"top-{n} items vs ground truth, JS (bits): before → after", f"{stats.js_in:.4f} → {stats.js_out:.4f}"),
         (
-            f"top-{n} share of the {stats.popular_items} most popular items (1 %): input",
-            f"{stats.popular_share_in:.1%}",
+            f"top-{n} share of the {stats.popular_items} most popular items (1 %): before → after",
+            f"{stats.popular_share_in:.1%} → {stats.popular_share_out:.1%}",
         ),
-        ("  adjusted", f"{stats.popular_share_out:.1%}"),
-        ("  ground truth of --in", f"{stats.popular_share_gt:.1%}"),
+        ("  ground truth", f"{stats.popular_share_gt:.1%}"),
     ]
     _table(f"adjust → {out} (SFT set, {res.height:,} rows)", rows)
