@@ -605,6 +605,8 @@ def test_an_unexpected_500_keeps_the_connection_usable(in_process, monkeypatch, 
     got = one_connection(url, [("POST", "/v1/chat/completions", stream), ("GET", "/health", None)])
     assert [s for s, _, _ in got] == [200, 200]
     assert b'"server_error"' in got[0][2] and json.loads(got[1][2])["status"] == "ok"
+    metrics = one_connection(url, [("GET", "/metrics", None)])[0][2].decode().splitlines()
+    assert 'convrec_requests_total{route="/v1/recommend",method="POST",status="500"} 1' in metrics
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert {r.name for r in errors} == {"convrec.serve"}  # logged by the app; none reached uvicorn
     assert len(errors) == 2 and all(r.exc_info for r in errors)

@@ -97,8 +97,8 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         engine.stop()
 
     app = FastAPI(title="convrec", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.add_middleware(_ErrorMiddleware)
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)  # added last, so outermost: it sees the 500s too
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)  # an exception passing through is counted as a 500
+    app.add_middleware(_ErrorMiddleware)  # added last, so outermost: nothing the app raises reaches uvicorn
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
