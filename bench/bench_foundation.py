@@ -84,7 +84,7 @@ def bench_false_matches(cat: Catalog, n_queries: int) -> tuple[float, int, float
     """Titles that are in no catalog (the synthetic world's) should mostly match nothing."""
     import numpy as np
 
-    from convrec.data.synth import _titles
+    from convrec.data.synth_text import titles as _titles
 
     queries = _titles(np.random.default_rng(3), n_queries)
     t = time.perf_counter()
