@@ -4,10 +4,11 @@ Items have generated titles covering the hard cases of matching (remakes sharing
 subtitles, leading articles, apostrophes, digits, ampersands), years 1950-2024, 1-3 genres, Zipf
 popularity and a one-line description. Each conversation belongs to a user with a latent taste, a
 sparse mixture over genres; the user reveals it through genre names, mood phrases and liked movies
-(the `seen` items, mentioned with or without a year) in 1-3 turns (the words: `synth_text`). Ground truth is drawn with
-probability ∝ popularity^POP_EXP · exp(TASTE_SCALE · taste·genres), never a seen item, so the text
-carries a signal that popularity alone misses. `generate` measures it on the test split: a
-popularity baseline, a bag-of-words reader of the text, and an oracle that knows the latent taste.
+(the `seen` items, mentioned with or without a year) in 1-3 turns (the words live in `synth_text`).
+Ground truth is drawn with probability ∝ popularity^POP_EXP · exp(TASTE_SCALE · taste·genres), never
+a seen item, so the text carries a signal that popularity alone misses. `generate` measures it on
+the test split: a popularity baseline, a bag-of-words reader of the text, and an oracle that knows
+the latent taste.
 
 `latent.parquet` keeps each sample's taste (ordered as the `genres` provenance parameter) and item
 ids; `world_from_catalog` + `answer_logits` rebuild the true answer distribution from the files
