@@ -227,7 +227,8 @@ class Catalog:
             self._keys_frame = pl.DataFrame(
                 {"k": self.norm, "row": np.arange(len(self)), "cy": pl.Series(self.years, dtype=pl.Int64), "o": order}
             )
-        q = pl.DataFrame({"k": norms.cast(pl.String), "y": years.cast(pl.Int64)}).with_row_index("q")
+        queries = pl.DataFrame({"k": norms.cast(pl.String), "y": years.cast(pl.Int64)})
+        q = queries.unique().with_row_index("q")  # each distinct (title, year) once
         c = q.join(self._keys_frame, on="k", how="inner")
         if self.use_year:
             tol = self.year_tolerance
@@ -236,10 +237,10 @@ class Catalog:
             c = c.sort("q", "dy", "o")
         else:
             c = c.sort("q", "o")
-        best = c.unique("q", keep="first")
-        out = np.full(q.height, -1, dtype=np.int64)
-        out[best["q"].to_numpy()] = best["row"].to_numpy()
-        return out
+        best = c.unique("q", keep="first").select("q", "row")
+        rows = q.join(best, on="q", how="left").select("k", "y", pl.col("row").fill_null(-1))
+        out = queries.join(rows, on=["k", "y"], how="left", maintain_order="left", nulls_equal=True)["row"]
+        return out.to_numpy().astype(np.int64)
 
     def lookup_many(
         self, titles: Sequence[str], years: Sequence[int | None] | None = None, *, allow_missing_year: bool = False

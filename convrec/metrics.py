@@ -113,7 +113,9 @@ def _keys(
     """(item key, item row, gt key, seen key): equal keys mean the same title under the protocol;
     the row is the catalog item (-1: out of catalog). Whole columns at a time."""
     if protocol.match == "catalog":
-        k_item, k_gt, k_seen = (normalize_titles(f["title"]) for f in (items, gts, seens))
+        sizes = np.cumsum([items.height, gts.height])
+        norm = normalize_titles(pl.concat([items["title"], gts["title"], seens["title"]]))
+        k_item, k_gt, k_seen = norm[: sizes[0]], norm[sizes[0] : sizes[1]], norm[sizes[1] :]
         return k_item, catalog.lookup_keys(k_item, items["year"]), k_gt, k_seen
     if protocol.match == "exact":
         on = ["title", "year"] if catalog.use_year else ["title"]
@@ -141,28 +143,43 @@ def _years_ok(a: np.ndarray, b: np.ndarray, tolerance: int, use: bool) -> np.nda
     return (a == _NO_YEAR) | (b == _NO_YEAR) | (np.abs(a - b) <= tolerance)
 
 
-def _match_pairs(left: pl.DataFrame, right: pl.DataFrame, use_year: bool, tolerance: int) -> pl.DataFrame:
-    """Inner join on (s, k), keeping pairs whose years agree when ``use_year``."""
-    pairs = left.join(right, on=["s", "k"], how="inner", suffix="_r")
-    ok = _years_ok(pairs["y"].to_numpy(), pairs["y_r"].to_numpy(), tolerance, use_year)
-    return pairs.filter(pl.Series(ok))
+def _codes(*keys: pl.Series) -> list[np.ndarray]:
+    """One integer per distinct key, shared across the columns (a hash join, no Python loop)."""
+    allk = pl.concat([k.cast(pl.String).fill_null("") for k in keys])
+    uniq = allk.unique()
+    codes = allk.replace_strict(uniq, pl.int_range(uniq.len(), eager=True), return_dtype=pl.Int64).to_numpy()
+    return np.split(codes, np.cumsum([k.len() for k in keys])[:-1])
 
 
-def _greedy(pairs: pl.DataFrame) -> pl.DataFrame:
+def _match(left: np.ndarray, left_y: np.ndarray, right: np.ndarray, right_y: np.ndarray, use_year: bool, tol: int):
+    """(l, r) index pairs with equal (list, key) codes whose years agree when ``use_year``; only
+    the left entries whose code occurs on the right at all reach the join."""
+    near = np.flatnonzero(pl.Series(left).is_in(pl.Series(right).implode()).to_numpy())
+    pairs = pl.DataFrame({"l": near, "c": left[near]}).join(
+        pl.DataFrame({"r": np.arange(len(right)), "c": right}), on="c", how="inner"
+    )
+    li, ri = pairs["l"].to_numpy(), pairs["r"].to_numpy()
+    ok = _years_ok(left_y[li], right_y[ri], tol, use_year)
+    return li[ok], ri[ok]
+
+
+def _greedy(i: np.ndarray, g: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The (i, g) hits when, in list order, each item takes the first ground-truth item it matches
     that is still unhit. Pairs unique on both sides are hits as they stand; only lists with
     contested pairs go through the sequential rule."""
-    pairs = pairs.select("s", "i", "g").sort("i", "g")
+    pairs = pl.DataFrame({"s": s, "i": i, "g": g}).sort("i", "g")
     contested = pairs.filter(pairs["i"].is_duplicated() | pairs["g"].is_duplicated())["s"].unique().implode()
-    hits = pairs.filter(~pl.col("s").is_in(contested)).select("i", "g").rows()
+    clear = pairs.filter(~pl.col("s").is_in(contested))
+    hi, hg = clear["i"].to_list(), clear["g"].to_list()
     taken: set[int] = set()
     done: set[int] = set()
-    for i, g in pairs.filter(pl.col("s").is_in(contested)).select("i", "g").iter_rows():
-        if i not in done and g not in taken:
-            taken.add(g)
-            done.add(i)
-            hits.append((i, g))
-    return pl.DataFrame(hits, schema={"i": pl.Int64, "g": pl.Int64}, orient="row")
+    for a, b in pairs.filter(pl.col("s").is_in(contested)).select("i", "g").iter_rows():
+        if a not in done and b not in taken:
+            taken.add(b)
+            done.add(a)
+            hi.append(a)
+            hg.append(b)
+    return np.asarray(hi, dtype=np.int64), np.asarray(hg, dtype=np.int64)
 
 
 def judge(
@@ -175,22 +192,21 @@ def judge(
 ) -> Judgement:
     """Judge M lists (list-of-struct columns of (title, year), aligned row by row) at once."""
     m = lists.len()
-    items = _flat(lists)
-    gts, seens = _flat(ground_truth), _flat(seen)
+    items, gts, seens = _flat(lists), _flat(ground_truth), _flat(seen)
     k_item, row, k_gt, k_seen = _keys(protocol, catalog, items, gts, seens)
-    s = items["s"].to_numpy()
+    s, s_gt, s_seen = (f["s"].to_numpy() for f in (items, gts, seens))
+    y, y_gt, y_seen = (f["year"].fill_null(_NO_YEAR).to_numpy() for f in (items, gts, seens))
+    c_item, c_gt, c_seen = _codes(k_item, k_gt, k_seen)
+    width = int(max(c.max(initial=0) for c in (c_item, c_gt, c_seen))) + 1
+    c_item, c_gt, c_seen = c_item + s * width, c_gt + s_gt * width, c_seen + s_seen * width  # (list, key)
     n = len(s)
     offsets = np.searchsorted(s, np.arange(m + 1))
     pos = np.arange(n) - offsets[s]
-    year = items["year"].fill_null(_NO_YEAR).to_numpy()
     use_year, tol = catalog.use_year, catalog.year_tolerance
-    frame = pl.DataFrame({"i": np.arange(n), "s": s, "k": k_item, "y": year})
     member = row >= 0
 
-    seen_f = pl.DataFrame({"s": seens["s"], "k": k_seen, "y": seens["year"].fill_null(_NO_YEAR)})
-    seen_f = seen_f.unique(maintain_order=True)
     is_seen = np.zeros(n, dtype=bool)
-    is_seen[_match_pairs(frame.filter(pl.Series(member)), seen_f, protocol.seen_year and use_year, tol)["i"]] = True
+    is_seen[_match(c_item, y, c_seen, y_seen, protocol.seen_year and use_year, tol)[0]] = True
     is_seen &= member
     first = np.ones(n, dtype=bool)  # first occurrence of its catalog item in its list (seen ones included)
     key = s.astype(np.int64) * (int(row.max(initial=0)) + 1) + row
@@ -203,22 +219,24 @@ def judge(
     rank = np.where(kept, counts - 1 - np.concatenate([[0], counts])[offsets[s]], -1)
     lengths = np.bincount(s[kept], minlength=m)
 
-    gt_f = pl.DataFrame({"s": gts["s"], "k": k_gt, "y": gts["year"].fill_null(_NO_YEAR)})
     if protocol.dedupe_gt:
-        gt_f = gt_f.unique(["s", "k", "y"], maintain_order=True)
-    gt_f = gt_f.with_row_index("g")
-    cand = frame.filter(pl.Series(kept & ~dup))
-    pairs = _match_pairs(cand, gt_f, protocol.hit_year and use_year, tol)
-    gt_rank = np.full(gt_f.height, -1, dtype=np.int64)
-    marks = _greedy(pairs) if protocol.assign == "greedy" else pairs.group_by("g").agg(pl.col("i").min())
-    hit_idx = marks["i"].to_numpy()
-    gt_rank[marks["g"].to_numpy()] = rank[hit_idx]
+        keep = pl.DataFrame({"c": c_gt, "y": y_gt}).select(pl.struct("c", "y").is_first_distinct())
+        keep = keep.to_series().to_numpy()
+        c_gt, y_gt, s_gt = c_gt[keep], y_gt[keep], s_gt[keep]
+    cand = np.flatnonzero(kept & ~dup)
+    li, g = _match(c_item[cand], y[cand], c_gt, y_gt, protocol.hit_year and use_year, tol)
+    i = cand[li]
+    if protocol.assign == "greedy":
+        hit_idx, hit_g = _greedy(i, g, s[i])
+    else:
+        firsts = pl.DataFrame({"i": i, "g": g}).group_by("g").agg(pl.col("i").min())
+        hit_idx, hit_g = firsts["i"].to_numpy(), firsts["g"].to_numpy()
+    gt_rank = np.full(len(c_gt), -1, dtype=np.int64)
+    gt_rank[hit_g] = rank[hit_idx]
     status = np.where(~member, _OUT, np.where(is_seen, _SEEN, np.where(dup, _DUP, _MISS))).astype(np.int8)
     status[hit_idx] = _HIT
-    gt_s = gt_f["s"].to_numpy()
-    gt_seen = np.zeros(gt_f.height, dtype=bool)
-    gt_seen[gt_f.join(seen_f.select("s", "k").unique(), on=["s", "k"], how="semi")["g"].to_numpy()] = True
-    return Judgement(offsets, status, rank, lengths, np.bincount(gt_s, minlength=m), gt_s, gt_rank, gt_seen)
+    gt_seen = pl.Series(c_gt).is_in(pl.Series(c_seen).implode()).to_numpy()
+    return Judgement(offsets, status, rank, lengths, np.bincount(s_gt, minlength=m), s_gt, gt_rank, gt_seen)
 
 
 def judge_lists(

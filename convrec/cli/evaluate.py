@@ -17,11 +17,11 @@ from convrec.metrics import PROTOCOLS
 
 
 def _cell(mean: float, interval: list[float]) -> str:
-    return f"{mean:.4f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return f"{mean:.4f}\n[{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def _diff(d: dict) -> str:
-    return f"{d['diff']:+.4f} [{d['low']:+.3f}, {d['high']:+.3f}] · {d['share_le_0']:.3f}"
+    return f"{d['diff']:+.4f}\n[{d['low']:+.3f}, {d['high']:+.3f}]\n≤0: {d['share_le_0']:.3f}"
 
 
 def _short(col: str) -> str:
@@ -69,7 +69,9 @@ def eval_command(
     files = ([baseline] if baseline is not None and baseline not in predictions else []) + list(predictions)
     preds = [(p, artifacts.read(p, artifacts.PREDICTIONS)) for p in files]
     cols = metric_columns(ks, PROTOCOLS[protocol].measures)
-    rules = f"{'year-less' if not catalog.use_year else f'years ±{catalog.year_tolerance}'}"
+    rules = "year-less" if not catalog.use_year else f"years ±{catalog.year_tolerance}"
+    if protocol == "he2023":
+        rules = "years ignored"
     table = Table(title=f"{split} split · {samples.height:,} samples · protocol {protocol} · {rules} · [95% interval]")
     table.add_column("predictions")
     if PROTOCOLS[protocol].per_item:
