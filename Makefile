@@ -27,6 +27,7 @@ lint:
 
 bench:
 	$(BIN)/python bench/bench_foundation.py
+	$(BIN)/python bench/bench_eval.py
 	$(BIN)/python bench/bench_sft.py
 	$(BIN)/python bench/bench_serve.py
 	$(BIN)/python bench/bench_remap.py
