@@ -120,3 +120,46 @@ def test_eval_predictions_for_another_split(tiny_data, tmp_path):
 def test_usage_errors_are_one_line(tiny_data):
     assert_user_error(run_cli("eval", "x.parquet"), "Missing option '--data'")
     assert_user_error(run_cli("baseline", "nope"), "No such command")
+
+
+def _baselines(tiny_data, tmp_path):
+    for kind in ("popularity", "cooc"):
+        proc = run_cli("baseline", kind, "--data", tiny_data, "--split", "test", "--out", tmp_path / f"{kind}.parquet")
+        assert proc.returncode == 0, proc.stderr
+    return tmp_path / "popularity.parquet", tmp_path / "cooc.parquet"
+
+
+def test_eval_protocols_with_a_baseline_and_per_sample_files(tiny_data, tmp_path):
+    pop, cooc = _baselines(tiny_data, tmp_path)
+    for protocol in ("convrec", "rank-grpo", "he2023"):
+        out = tmp_path / protocol
+        proc = run_cli(
+            "eval", cooc, "--data", tiny_data, "--protocol", protocol, "--baseline", pop,
+            "--json", out / "m.json", "--per-sample", out, "--bootstrap", "200",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert "paired difference vs popularity" in proc.stdout
+        res = json.loads((out / "m.json").read_text())["results"]
+        assert set(res) == {str(pop), str(cooc)}  # the baseline gets its own row
+        diff = res[str(cooc)]["paired_vs_baseline"]
+        a = pl.read_parquet(out / "cooc.parquet")
+        b = pl.read_parquet(out / "popularity.parquet")
+        if protocol == "he2023":
+            assert res[str(cooc)]["ks"] == [1, 5, 10, 20] and set(a["condition"]) <= {"rec", "dis"}
+            k = "ndcg@10"
+        else:
+            assert res[str(cooc)]["ks"] == [5, 10, 15, 20]
+            a, b = a.filter(pl.col("n_gt") > 0), b.filter(pl.col("n_gt") > 0)
+            k = "ndcg@20"
+        # the paired difference is the mean of the per-sample differences the files keep
+        assert diff[k]["diff"] == pytest.approx((a[k] - b[k]).mean())
+        assert diff[k]["low"] <= diff[k]["diff"] <= diff[k]["high"] and 0.0 <= diff[k]["share_le_0"] <= 1.0
+        lo, hi = res[str(cooc)]["intervals"][k]
+        assert lo <= res[str(cooc)][k] <= hi
+
+
+def test_eval_protocol_flag_errors(tiny_data, preds):
+    assert_user_error(run_cli("eval", preds, "--data", tiny_data, "--protocol", "paper"), "--protocol")
+    proc = run_cli("eval", preds, "--data", tiny_data, "--protocol", "rank-grpo", "--convention", "textbook")
+    assert_user_error(proc, "--convention")
+    assert_user_error(run_cli("eval", preds, "--data", tiny_data, "--year-tolerance", "-1"), "--year-tolerance")
