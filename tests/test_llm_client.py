@@ -104,6 +104,7 @@ def test_missing_key_without_base_url_is_a_user_error(tmp_path: Path, monkeypatc
         LLMClient(LLMConfig(model="gpt-4o", api_key_env="CONVREC_TEST_NO_SUCH_KEY", cache_dir=tmp_path))
 
 
+@pytest.mark.slow  # about a minute on a busy 2-core machine (embeddings, three CLI stages)
 def test_remap_and_reflect_against_a_flaky_server(tmp_path: Path, stage1_cache: Path) -> None:
     """Real CLI: every conversation is present despite 30 % failures; a rerun makes zero new calls."""
     data = small_world(tmp_path / "data")
@@ -154,7 +155,11 @@ def test_remap_and_reflect_against_a_flaky_server(tmp_path: Path, stage1_cache: 
         assert refusals["text"].str.contains("sorry").all()
         assert server.counts["unparseable answer"] > 2 * 3  # other prose answers were fixed by a re-ask
         assert int(out.unique("conversation_id")["unparseable"].sum()) == refusals.height  # marked, counted
-        assert "answers with nothing parseable" in proc.stdout
+        assert "answers with nothing parseable" in proc.stdout and "teacher re-asks" in proc.stdout
+        assert "no list from the teacher for 2 conversations" in proc.stdout
+        meta = artifacts.provenance(tmp_path / "remap.parquet")["params"]
+        assert sorted(meta["teacher_unparseable"]) == sorted(convs["conversation_id"][:2])  # reported per sample
+        assert meta["teacher_reasked"] >= 2 * 2
         assert server.counts.get("describe", 0) > 0  # out-of-catalog titles were described (and cached)
 
         sent = server.requests
@@ -172,6 +177,13 @@ def test_remap_and_reflect_against_a_flaky_server(tmp_path: Path, stage1_cache: 
         ratings = res.select(pl.col("candidates").list.eval(pl.element().struct.field("rating"))).explode("candidates")
         assert ratings["candidates"].drop_nulls().is_between(-2, 2).all()
         assert "re-asked" in proc.stdout and "ratings out of range" in proc.stdout
+
+        # the SFT set carries remap's mark, so sft can leave those demonstrations out
+        proc = run_cli("adjust", "--in", tmp_path / "reflect.parquet", "--data", data, "--out", tmp_path / "sft.pq")
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        sft = artifacts.read(tmp_path / "sft.pq", "samples")
+        marked = set(sft.filter(pl.col("unparseable"))["conversation_id"])
+        assert marked == set(convs["conversation_id"][:2]) and sft.height == train.height
 
 
 def test_llm_teacher_without_key_is_one_line(tmp_path: Path, tiny_data: Path) -> None:

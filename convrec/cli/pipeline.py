@@ -192,6 +192,8 @@ def remap_command(
         "catalog_duplicates_dropped": dupes,
         "stats": stats.as_dict(),
         "usage": usage,
+        "teacher_reasked": t_out.reasked,
+        "teacher_unparseable": t_out.unparseable,  # conversation ids still without a list after the re-asks
     }
     inputs = [Path(data) / "catalog.parquet", Path(data) / f"{split}.parquet"]
     artifacts.write(df, out, artifacts.PREDICTIONS, stage="remap", params=params, inputs=inputs)
@@ -200,7 +202,8 @@ def remap_command(
     lines = max(stats.lines, 1)
     rows = [
         ("split / conversations / samples", f"{split} / {stats.conversations:,} / {stats.samples:,}"),
-        ("answers with nothing parseable (kept)", f"{stats.unparseable:,}"),
+        ("teacher re-asks (answers with no list)", f"{t_out.reasked:,}"),
+        ("answers with nothing parseable (marked unparseable)", f"{stats.unparseable:,}"),
         ("teacher lines", f"{stats.lines:,}"),
         ("  exact catalog match", f"{stats.exact:,} ({stats.exact / lines:.1%})"),
         ("  fuzzy match", f"{stats.fuzzy:,} ({stats.fuzzy / lines:.1%})"),
@@ -216,6 +219,9 @@ def remap_command(
         ]
     rows.append(("embedded now (rest cached)", f"{emb.computed:,} texts"))
     _table(f"remap → {out}", rows)
+    if t_out.unparseable:
+        named = ", ".join(t_out.unparseable[:5]) + (", ..." if len(t_out.unparseable) > 5 else "")
+        console.print(f"[yellow]no list from the teacher for {len(t_out.unparseable):,} conversations: {named}[/]")
 
 
 def reflect_command(

@@ -273,7 +273,9 @@ def to_frame(
     items, texts = top_lists(rows, catalog, n)
     ids = [[catalog.item_ids[r] for r in x[x >= 0][:n]] for x in rows]
     item_t = pl.List(pl.Struct({"title": pl.String, "year": pl.Int64}))
-    return frame.select("sample_id", "conversation_id", "messages", "seen").with_columns(
+    # remap's mark for a teacher answer with no list even after re-asks: sft leaves those rows out
+    marks = [c for c in ("unparseable",) if c in frame.columns]
+    return frame.select("sample_id", "conversation_id", "messages", "seen", *marks).with_columns(
         items.alias("ground_truth"),
         items.cast(item_t),
         pl.Series("target_text", texts),
