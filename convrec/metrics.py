@@ -129,7 +129,7 @@ def _keys(
     lines = items["title"].unique()
     idx, _ = nearest_by_edits(lines.to_list(), names, HE2023_MAX_EDITS)
     row = items["title"].replace_strict(lines, pl.Series(idx, dtype=pl.Int64), return_dtype=pl.Int64).to_numpy()
-    k_item = pl.Series(np.asarray(names + [""], dtype=object)[row].tolist(), dtype=pl.String)
+    k_item = pl.Series(names + [""], dtype=pl.String).gather(np.where(row < 0, len(names), row))
     clean = [
         f["title"].map_elements(lambda t: he2023_clean(t, numbering=False), return_dtype=pl.String)
         for f in (gts, seens)

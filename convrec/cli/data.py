@@ -28,13 +28,14 @@ def synth_command(
 
 @app.command("redial")
 def redial_command(
-    path: Path = typer.Argument(..., help="A ReDIAL jsonl file in the He et al. (CIKM 2023) format."),
+    path: Path = typer.Argument(..., help="ReDIAL or INSPIRED jsonl in the He et al. (CIKM 2023) format."),
     out: Path = typer.Option(..., "--out", help="Data folder to write."),
     seed: int = typer.Option(0, "--seed", help="Seed of the deterministic split by dialog id."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of dialogs for validation."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of dialogs for test."),
 ) -> None:
-    """Import ReDIAL conversations, splitting by dialog id and building the catalog from mentions."""
+    """Import ReDIAL (or INSPIRED) conversations, splitting by dialog id and building the catalog from mentions;
+    the folder records its matching rules (matching.json), year-less when no name carries a year."""
     from convrec.data.redial import import_redial
 
     print_report(import_redial(path, out, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction))
