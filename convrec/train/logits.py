@@ -1,0 +1,102 @@
+"""Log-probabilities of chosen tokens without the full (B, T, V) logits.
+
+With a real vocabulary (Gemma: V = 262,144) the logits, not the transformer, dominate memory:
+8 × 430 positions in fp32 are 3.6 GB, and autograd keeps them for the backward pass. Here the
+decoder body runs once for the hidden states h (B, T, H); only the positions whose next token is
+scored are gathered, and the output head runs over them in chunks of ``chunk_rows``:
+
+    log π(x_t | x_<t) = z[x_t] − logsumexp(z),  z = softcap(W h_{t−1}) / τ,
+
+with each chunk under activation checkpointing, so forward and backward hold one chunk's
+(rows × V) fp32 logits at a time, whatever the batch. ``softcap(z) = c·tanh(z / c)`` is Gemma's
+``final_logit_softcapping`` (identity when the config has none), exactly what the model's own
+forward applies after its ``lm_head``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk
+
+
+def unwrap(model):
+    """The transformers model inside a DeepSpeed engine or a peft wrapper (LoRA layers stay injected)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
+def _head(model):
+    """(decoder body, output head, logit softcap or None)."""
+    inner = unwrap(model)
+    return inner.get_decoder(), inner.get_output_embeddings(), getattr(inner.config, "final_logit_softcapping", None)
+
+
+def chunk_rows(vocab: int, budget: int = CHUNK_BYTES) -> int:
+    return max(1, budget // (4 * vocab))
+
+
+def _chunk(h: torch.Tensor, tgt: torch.Tensor, head, softcap, temperature: float, entropy: bool):
+    z = head(h).float()
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    if temperature != 1.0:
+        z = z / temperature
+    lse = torch.logsumexp(z, dim=-1)
+    logp = z.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - lse
+    if not entropy:
+        return logp, None
+    with torch.no_grad():  # H = logsumexp(z) − Σ softmax(z)·z
+        ent = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+    return logp, ent
+
+
+def selected_logps(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    score: torch.Tensor,
+    *,
+    position_ids: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(input_ids[b, t] | input_ids[b, <t]) where ``score[b, t]`` (bool, B × T), else 0; and the
+    per-position entropy of that next-token distribution (no grad) when ``entropy``.
+
+    ``score[:, 0]`` must be False (the first token has no prefix)."""
+    body, head, softcap = _head(model)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    where = score[:, 1:].nonzero(as_tuple=True)  # (b, t-1): the positions that predict a scored token
+    h = hidden[:, :-1][where]
+    tgt = input_ids[:, 1:][where]
+    step = rows or chunk_rows(head.weight.shape[0])
+    grad = torch.is_grad_enabled() and h.requires_grad
+    parts, ents = [], []
+    for s in range(0, h.shape[0], step):
+        args = (h[s : s + step], tgt[s : s + step], head, softcap, temperature, entropy)
+        lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
+        parts.append(lp)
+        ents.append(ent)
+    flat = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    logp = torch.zeros(score.shape, dtype=flat.dtype, device=flat.device)
+    logp = logp.index_put((where[0], where[1] + 1), flat)
+    ent_full = None
+    if entropy:
+        ent_full = torch.zeros(score.shape, dtype=torch.float32, device=flat.device)
+        if ents:
+            ent_full[where[0], where[1] + 1] = torch.cat(ents)
+    return logp, ent_full
+
+
+def completion_loss(model, batch: dict[str, torch.Tensor], ignore: int = -100) -> tuple[torch.Tensor, int]:
+    """Mean negative log-likelihood of the labelled tokens (what ``model(**batch).loss`` computes with
+    labels: causal shift, ``ignore`` masked) and how many tokens it averaged over."""
+    labels = batch["labels"]
+    score = labels != ignore
+    score[:, 0] = False
+    logp, _ = selected_logps(model, batch["input_ids"], batch["attention_mask"], score)
+    n = int(score.sum())
+    return -(logp.sum() / max(1, n)), n
