@@ -301,3 +301,18 @@ def test_rank_grpo_equals_the_released_rules_on_random_lists():
     for (_, items, gt, seen), rec, ndcg in zip(cases, per["recall@20"], per["ndcg@20"], strict=True):
         want = _released_rules(items, gt, {t for t, _ in seen}, pairs, 20)
         assert (rec, ndcg) == pytest.approx(want)
+
+
+def test_paired_difference_and_bootstrap_by_hand():
+    import numpy as np
+
+    from convrec import intervals
+
+    b = np.random.default_rng(0).random((50, 2))
+    d = intervals.paired_difference(b + 0.1, b, n_boot=200, seed=1)
+    assert d["diff"] == pytest.approx([0.1, 0.1]) and d["share_le_0"].tolist() == [0.0, 0.0]
+    assert d["low"] == pytest.approx([0.1, 0.1]) and d["high"] == pytest.approx([0.1, 0.1])  # no spread: no width
+    d = intervals.paired_difference(b, b + 0.1, n_boot=200, seed=1)
+    assert d["share_le_0"].tolist() == [1.0, 1.0]
+    means = intervals.resample_means(np.arange(4.0)[:, None], 2000, 0)
+    assert means.mean() == pytest.approx(1.5, abs=0.05) and set(np.round(means.ravel() * 4)) <= set(range(13))
