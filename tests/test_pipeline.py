@@ -317,6 +317,24 @@ def test_remap_reflect_adjust_cli_on_the_synthetic_world(tmp_path: Path, stage1_
         assert got[len(gt) :] == [r for r in rows_of(plain) if r not in gt][: 20 - len(gt)]
 
 
+def test_remap_tune_chooses_beta_and_lambda_on_val(tmp_path: Path, stage1_cache: Path) -> None:
+    """--tune scores every (β, λ) of the grid on val; the choice is never below the teacher's own
+    in-catalog lists there (β = λ = 0 is one of the choices) and is what the run uses."""
+    data = small_world(tmp_path / "data")
+    proc = run_cli(
+        "remap", "--data", data, "--teacher", "synthetic", "--split", "test", "--out", tmp_path / "r.parquet",
+        "--top-m", "40", "--tune", "--cache-dir", str(stage1_cache),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "--tune on val: chosen β / λ" in proc.stdout
+    params = artifacts.provenance(tmp_path / "r.parquet")["params"]
+    tune = params["tune"]
+    assert len(tune["ndcg"]) == len(remap.TUNE_GRID)
+    assert (params["semantic"], params["lam"]) == (tune["semantic"], tune["lam"])
+    best = tune["ndcg"][f"{tune['semantic']},{tune['lam']}"]
+    assert best == max(tune["ndcg"].values()) and best >= tune["raw_ndcg"]
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

