@@ -103,6 +103,11 @@ def write_eval_json(path: Path) -> Path:
         m = {"samples": 201, "samples_without_prediction": 0, "convention": "paper", "in_catalog": 0.98}
         for k in (5, 10, 15, 20):
             m[f"recall@{k}"], m[f"ndcg@{k}"] = base * (0.6 + k / 25), base * (0.7 + k / 60)
+        m["intervals"] = {
+            f"{c}@{k}": [m[f"{c}@{k}"] - 0.03, m[f"{c}@{k}"] + 0.04]
+            for c in ("recall", "ndcg")
+            for k in (5, 10, 15, 20)
+        }
         results[name] = m
     path.write_text(json.dumps({"split": "test", "data": "data/synth", "results": results}, indent=2))
     return path
@@ -158,6 +163,23 @@ def test_report_end_to_end(runs, tmp_path):
     # console: the table and where the page is
     assert "Rank-GRPO μ=1 seed 0" in proc.stdout and str(out / "index.md") in proc.stdout.replace("\n", "")
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_eval_bars_draw_the_intervals(tmp_path):
+    """The 95 % intervals of the eval JSON are read and drawn as error bars (the PNG changes)."""
+    from convrec.report.plots import plot_eval_bars
+    from convrec.report.runs import load_eval
+
+    evals = load_eval(write_eval_json(tmp_path / "m.json"))
+    assert evals[0].intervals["ndcg@20"] == pytest.approx(
+        (evals[0].metrics["ndcg@20"] - 0.03, evals[0].metrics["ndcg@20"] + 0.04)
+    )
+    assert plot_eval_bars(evals, tmp_path / "with.png")
+    for e in evals:
+        e.intervals = {}
+    assert plot_eval_bars(evals, tmp_path / "without.png")
+    with_bars, without = mpimg.imread(tmp_path / "with.png"), mpimg.imread(tmp_path / "without.png")
+    assert with_bars.shape == without.shape and np.abs(with_bars - without).max() > 0.1
 
 
 def test_report_sft_only_skips_rl_plots_and_says_so(tmp_path):

@@ -208,7 +208,8 @@ def plot_rank_reward(run: Run, path: Path, smooth: int = 0) -> bool:
 
 
 def plot_eval_bars(evals: list[EvalResult], path: Path) -> bool:
-    """(6) Recall@k and NDCG@k side by side, one bar per prediction file in each k group."""
+    """(6) Recall@k and NDCG@k side by side, one bar per prediction file in each k group, with its
+    95 % interval as an error bar when the eval JSON has one."""
     ks = [k for k in EVAL_KS if any(f"ndcg@{k}" in e.metrics or f"recall@{k}" in e.metrics for e in evals)]
     if not evals or not ks:
         return False
@@ -218,9 +219,11 @@ def plot_eval_bars(evals: list[EvalResult], path: Path) -> bool:
     x = np.arange(len(ks))
     for ax, metric, name in zip(axes, ("recall", "ndcg"), ("Recall", "NDCG"), strict=True):
         for i, e in enumerate(evals):
-            vals = [e.metrics.get(f"{metric}@{k}", np.nan) for k in ks]
+            vals = np.array([e.metrics.get(f"{metric}@{k}", np.nan) for k in ks])
+            iv = np.array([e.intervals.get(f"{metric}@{k}", (np.nan, np.nan)) for k in ks]).T  # 2 x len(ks)
+            err = np.nan_to_num(np.abs(iv - vals[None, :]), nan=0.0) if e.intervals else None
             offset = (i - (len(evals) - 1) / 2) * width
-            bars = ax.bar(x + offset, vals, width, label=e.name, color=palette(i % palette.N))
+            bars = ax.bar(x + offset, vals, width, label=e.name, color=palette(i % palette.N), yerr=err, capsize=2)
             if len(evals) <= 3:  # values on the bars while they stay legible
                 ax.bar_label(bars, fmt="%.3f", fontsize="x-small", padding=2)
         ax.set_xticks(x, [str(k) for k in ks])

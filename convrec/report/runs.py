@@ -97,6 +97,7 @@ class EvalResult:
     source: Path
     split: str
     metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> 95 % interval
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
@@ -213,9 +214,21 @@ def load_eval(path: Path) -> list[EvalResult]:
         )
     split = str(obj.get("split", "?"))
     return [
-        EvalResult(Path(name).stem, path, split, {k: float(v) for k, v in m.items() if _number(v)})
+        EvalResult(Path(name).stem, path, split, {k: float(v) for k, v in m.items() if _number(v)}, _intervals(m))
         for name, m in results.items()
     ]
+
+
+def _intervals(m: dict) -> dict[str, tuple[float, float]]:
+    """The `intervals` of one result ({metric: [low, high]}), when eval wrote them."""
+    iv = m.get("intervals")
+    if not isinstance(iv, dict):
+        return {}
+    return {
+        k: (float(v[0]), float(v[1]))
+        for k, v in iv.items()
+        if isinstance(v, list | tuple) and len(v) == 2 and all(_number(x) for x in v)
+    }
 
 
 def load_evals(paths: list[Path]) -> list[EvalResult]:
