@@ -68,12 +68,33 @@ def normalize_title(title: str) -> str:
 _PRINTABLE_ASCII = r"^[ -~]*$"
 
 
+def _distinct(values: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+    """The distinct rows (first-seen order) and, per row, the index of its distinct row. Through
+    64-bit row hashes (integer work, no string hash table), then checked row by row; on a hash
+    collision, never seen in practice, an exact table instead."""
+    h = values.hash_rows(seed=0)
+    first = np.flatnonzero(h.is_first_distinct().to_numpy())
+    reps = pl.DataFrame({"h": h.gather(first), "c": np.arange(len(first))})
+    code = pl.DataFrame({"h": h}).join(reps, on="h", how="left", maintain_order="left")["c"].to_numpy()
+    uniq = values[first]
+    back = uniq[code]
+    if all(back[c].eq_missing(values[c]).all() for c in values.columns):
+        return uniq, code
+    indexed = values.with_row_index("i")
+    uniq = values.unique(maintain_order=True)
+    keyed = uniq.with_row_index("c").join(indexed, on=values.columns, how="inner", nulls_equal=True)
+    code = np.empty(values.height, dtype=np.int64)
+    code[keyed["i"].to_numpy()] = keyed["c"].to_numpy()
+    return uniq, code
+
+
 def normalize_titles(titles: pl.Series) -> pl.Series:
     """`normalize_title` over a whole column, once per distinct title. Printable-ASCII titles
     (nearly all) take the same steps as polars string expressions, without a Python call each;
     any other title goes through `normalize_title` itself. tests/test_catalog.py pins the two equal."""
     titles = titles.cast(pl.String)
-    uniq = titles.unique().drop_nulls()
+    uniq_rows, code = _distinct(pl.DataFrame({"t": titles}))
+    uniq = uniq_rows["t"]
     fast = (
         pl.col("t")
         .str.replace_all("`", "'", literal=True)
@@ -87,10 +108,10 @@ def normalize_titles(titles: pl.Series) -> pl.Series:
     )
     ascii_ = pl.col("t").str.contains(_PRINTABLE_ASCII)
     norm = pl.DataFrame({"t": uniq}).select(pl.when(ascii_).then(fast).otherwise(None).alias("n"))["n"]
-    slow = np.flatnonzero(norm.is_null().to_numpy())
+    slow = np.flatnonzero((norm.is_null() & uniq.is_not_null()).to_numpy())
     if len(slow):
         norm = norm.scatter(slow, [normalize_title(t) for t in uniq.gather(slow).to_list()])
-    return titles.replace_strict(uniq, norm, default=None, return_dtype=pl.String)
+    return norm.gather(code)
 
 
 def years_match(a: int | None, b: int | None, tolerance: int) -> bool:
@@ -228,7 +249,8 @@ class Catalog:
                 {"k": self.norm, "row": np.arange(len(self)), "cy": pl.Series(self.years, dtype=pl.Int64), "o": order}
             )
         queries = pl.DataFrame({"k": norms.cast(pl.String), "y": years.cast(pl.Int64)})
-        q = queries.unique().with_row_index("q")  # each distinct (title, year) once
+        distinct, code = _distinct(queries)  # each distinct (title, year) once
+        q = distinct.with_row_index("q")
         c = q.join(self._keys_frame, on="k", how="inner")
         if self.use_year:
             tol = self.year_tolerance
@@ -237,10 +259,10 @@ class Catalog:
             c = c.sort("q", "dy", "o")
         else:
             c = c.sort("q", "o")
-        best = c.unique("q", keep="first").select("q", "row")
-        rows = q.join(best, on="q", how="left").select("k", "y", pl.col("row").fill_null(-1))
-        out = queries.join(rows, on=["k", "y"], how="left", maintain_order="left", nulls_equal=True)["row"]
-        return out.to_numpy().astype(np.int64)
+        best = c.unique("q", keep="first")
+        rows = np.full(q.height, -1, dtype=np.int64)
+        rows[best["q"].to_numpy()] = best["row"].to_numpy()
+        return rows[code]
 
     def lookup_many(
         self, titles: Sequence[str], years: Sequence[int | None] | None = None, *, allow_missing_year: bool = False

@@ -143,23 +143,22 @@ def _years_ok(a: np.ndarray, b: np.ndarray, tolerance: int, use: bool) -> np.nda
     return (a == _NO_YEAR) | (b == _NO_YEAR) | (np.abs(a - b) <= tolerance)
 
 
-def _codes(*keys: pl.Series) -> list[np.ndarray]:
-    """One integer per distinct key, shared across the columns (a hash join, no Python loop)."""
-    allk = pl.concat([k.cast(pl.String).fill_null("") for k in keys])
-    uniq = allk.unique()
-    codes = allk.replace_strict(uniq, pl.int_range(uniq.len(), eager=True), return_dtype=pl.Int64).to_numpy()
-    return np.split(codes, np.cumsum([k.len() for k in keys])[:-1])
+def _hash(keys: pl.Series) -> np.ndarray:
+    return keys.cast(pl.String).fill_null("").hash(seed=0).to_numpy()
 
 
-def _match(left: np.ndarray, left_y: np.ndarray, right: np.ndarray, right_y: np.ndarray, use_year: bool, tol: int):
-    """(l, r) index pairs with equal (list, key) codes whose years agree when ``use_year``; only
-    the left entries whose code occurs on the right at all reach the join."""
-    near = np.flatnonzero(pl.Series(left).is_in(pl.Series(right).implode()).to_numpy())
-    pairs = pl.DataFrame({"l": near, "c": left[near]}).join(
-        pl.DataFrame({"r": np.arange(len(right)), "c": right}), on="c", how="inner"
+def _match(left: tuple, right: tuple, use_year: bool, tol: int) -> tuple[np.ndarray, np.ndarray]:
+    """(l, r) index pairs of (list, key hash, key, year) entries in the same list with the same key
+    whose years agree when ``use_year``. Joined on 64-bit hashes, then the keys themselves are
+    compared, so a hash collision can never make a false pair."""
+    (s_l, h_l, k_l, y_l), (s_r, h_r, k_r, y_r) = left, right
+    pairs = (
+        pl.DataFrame({"s": s_l, "h": h_l})
+        .with_row_index("l")
+        .join(pl.DataFrame({"s": s_r, "h": h_r}).with_row_index("r"), on=["s", "h"], how="inner")
     )
-    li, ri = pairs["l"].to_numpy(), pairs["r"].to_numpy()
-    ok = _years_ok(left_y[li], right_y[ri], tol, use_year)
+    li, ri = pairs["l"].to_numpy().astype(np.int64), pairs["r"].to_numpy().astype(np.int64)
+    ok = _years_ok(y_l[li], y_r[ri], tol, use_year) & (k_l.gather(li) == k_r.gather(ri)).to_numpy()
     return li[ok], ri[ok]
 
 
@@ -196,9 +195,6 @@ def judge(
     k_item, row, k_gt, k_seen = _keys(protocol, catalog, items, gts, seens)
     s, s_gt, s_seen = (f["s"].to_numpy() for f in (items, gts, seens))
     y, y_gt, y_seen = (f["year"].fill_null(_NO_YEAR).to_numpy() for f in (items, gts, seens))
-    c_item, c_gt, c_seen = _codes(k_item, k_gt, k_seen)
-    width = int(max(c.max(initial=0) for c in (c_item, c_gt, c_seen))) + 1
-    c_item, c_gt, c_seen = c_item + s * width, c_gt + s_gt * width, c_seen + s_seen * width  # (list, key)
     n = len(s)
     offsets = np.searchsorted(s, np.arange(m + 1))
     pos = np.arange(n) - offsets[s]
@@ -206,7 +202,9 @@ def judge(
     member = row >= 0
 
     is_seen = np.zeros(n, dtype=bool)
-    is_seen[_match(c_item, y, c_seen, y_seen, protocol.seen_year and use_year, tol)[0]] = True
+    h_item = _hash(k_item)
+    seen_side = (s_seen, _hash(k_seen), k_seen, y_seen)
+    is_seen[_match((s, h_item, k_item, y), seen_side, protocol.seen_year and use_year, tol)[0]] = True
     is_seen &= member
     first = np.ones(n, dtype=bool)  # first occurrence of its catalog item in its list (seen ones included)
     key = s.astype(np.int64) * (int(row.max(initial=0)) + 1) + row
@@ -220,22 +218,30 @@ def judge(
     lengths = np.bincount(s[kept], minlength=m)
 
     if protocol.dedupe_gt:
-        keep = pl.DataFrame({"c": c_gt, "y": y_gt}).select(pl.struct("c", "y").is_first_distinct())
+        keep = pl.DataFrame({"s": s_gt, "k": k_gt, "y": y_gt}).select(pl.struct("s", "k", "y").is_first_distinct())
         keep = keep.to_series().to_numpy()
-        c_gt, y_gt, s_gt = c_gt[keep], y_gt[keep], s_gt[keep]
+        s_gt, k_gt, y_gt = s_gt[keep], k_gt.filter(pl.Series(keep)), y_gt[keep]
     cand = np.flatnonzero(kept & ~dup)
-    li, g = _match(c_item[cand], y[cand], c_gt, y_gt, protocol.hit_year and use_year, tol)
+    li, g = _match(
+        (s[cand], h_item[cand], k_item.gather(cand), y[cand]),
+        (s_gt, _hash(k_gt), k_gt, y_gt),
+        protocol.hit_year and use_year,
+        tol,
+    )
     i = cand[li]
     if protocol.assign == "greedy":
         hit_idx, hit_g = _greedy(i, g, s[i])
     else:
         firsts = pl.DataFrame({"i": i, "g": g}).group_by("g").agg(pl.col("i").min())
         hit_idx, hit_g = firsts["i"].to_numpy(), firsts["g"].to_numpy()
-    gt_rank = np.full(len(c_gt), -1, dtype=np.int64)
+    gt_rank = np.full(len(s_gt), -1, dtype=np.int64)
     gt_rank[hit_g] = rank[hit_idx]
     status = np.where(~member, _OUT, np.where(is_seen, _SEEN, np.where(dup, _DUP, _MISS))).astype(np.int8)
     status[hit_idx] = _HIT
-    gt_seen = pl.Series(c_gt).is_in(pl.Series(c_seen).implode()).to_numpy()
+    gt_f = pl.DataFrame({"s": s_gt, "k": k_gt}).with_row_index("g")
+    seen_keys = pl.DataFrame({"s": s_seen, "k": k_seen}).unique()
+    gt_seen = np.zeros(len(s_gt), dtype=bool)
+    gt_seen[gt_f.join(seen_keys, on=["s", "k"], how="semi")["g"].to_numpy()] = True
     return Judgement(offsets, status, rank, lengths, np.bincount(s_gt, minlength=m), s_gt, gt_rank, gt_seen)
 
 
