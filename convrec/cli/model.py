@@ -53,10 +53,9 @@ def import_command(
 
     labels = None
     if data is not None:
-        from convrec.catalog import Catalog
-        from convrec.data import load_catalog
+        from convrec.data import open_catalog
 
-        catalog = Catalog(load_catalog(data))
+        catalog = open_catalog(data)
         labels = [catalog.label(r) for r in range(len(catalog))]
     with console.status(f"importing {source}"):
         info = import_model(source, out, dtype=dtype, template=chat_template, catalog_labels=labels)

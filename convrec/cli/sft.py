@@ -94,10 +94,9 @@ def generate_command(
     )
     catalog = None
     if constrained:
-        from convrec.catalog import Catalog
-        from convrec.data import load_catalog
+        from convrec.data import open_catalog
 
-        catalog = Catalog(load_catalog(data))
+        catalog = open_catalog(data)
     with Progress(console=console) as progress:
         task = progress.add_task("generating", total=samples["conversation_id"].n_unique())
         preds = generate_predictions(mdl, tok, samples, cfg, lambda k: progress.advance(task, k), catalog)

@@ -1,7 +1,8 @@
 """Scoring rollouts: completion ids -> segment ids, per-rank relevance and list statistics.
 
-Items are judged by `metrics.judge_list`, the same catalog matcher and rules eval uses (seen,
-duplicate and out-of-catalog items get relevance 0), so RL optimises exactly what eval measures.
+Items are judged by `metrics.judge_lists` (one batched call per batch), the same catalog matcher
+and rules eval uses (seen, duplicate and out-of-catalog items get relevance 0), so RL optimises
+exactly what eval measures.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from convrec.catalog import Catalog
 from convrec.listfmt import parse_line
-from convrec.metrics import OUT, judge_list
+from convrec.metrics import OUT, judge_lists
 from convrec.train import rank_grpo
 
 
@@ -63,6 +64,7 @@ def score(
     seg = rank_grpo.segment_ranks(breaks, ids == tokenizer.eos_token_id, mask, n_items)
     rel = torch.zeros(len(completions), n_items)
     emitted = in_cat = valid = 0
+    lists: list[tuple[list[int], list]] = []
     for b in range(len(completions)):
         row, segs = ids[b].tolist(), seg[b].tolist()
         pieces: dict[int, list[int]] = {}
@@ -73,8 +75,10 @@ def score(
         for k in sorted(pieces):
             line = parse_line(tokenizer.decode(pieces[k], skip_special_tokens=True))
             items.append(line.item or ("", None))  # unparseable: judged out of catalog
-        judged = judge_list(items, ground_truth[b], seen[b], catalog)
-        for pos, k in enumerate(sorted(pieces)):
+        lists.append((sorted(pieces), items))
+    judged_all = judge_lists([items for _, items in lists], ground_truth, seen, catalog)
+    for b, ((keys, items), judged) in enumerate(zip(lists, judged_all, strict=True)):
+        for pos, k in enumerate(keys):
             rel[b, k - 1] = judged.rel[pos]
         emitted += len(items)
         in_cat += sum(s != OUT for s in judged.status)
