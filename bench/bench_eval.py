@@ -157,7 +157,8 @@ def main() -> None:
     pairs = set(zip(cat.titles, cat.years, strict=True))
     n_loop = min(args.loop_samples, args.samples)
     table = Table(title=f"eval per protocol · {args.samples:,} lists of {K} · catalog: {source}")
-    for c in ("protocol", "vectorised s", "samples/s", "per-sample loop", "loop samples/s", "speed-up", "same numbers"):
+    heads = ("protocol", "R@20", "vectorised s", "samples/s", "per-sample loop", "loop samples/s", "speed-up")
+    for c in (*heads, "same numbers"):
         table.add_column(c, justify="left" if c in ("protocol", "per-sample loop") else "right")
     loops = {
         "convrec": [("plain Python", lambda i: loop_convrec(lists[i], gts[i], seens[i], cat))],
@@ -169,8 +170,9 @@ def main() -> None:
     for name in PROTOCOLS:
         secs, m = vectorised(name, he_cols if name == "he2023" else cols, cat)
         rate = args.samples / secs
+        recall = f"{m[f'recall@{K}'].mean():.4f}"
         if name not in loops:
-            table.add_row(name, f"{secs:.2f}", f"{rate:,.0f}", "-", "-", "-", "-")
+            table.add_row(name, recall, f"{secs:.2f}", f"{rate:,.0f}", "-", "-", "-", "-")
             continue
         got = np.stack([m[f"recall@{K}"][:n_loop], m[f"ndcg@{K}"][:n_loop]], axis=1)
         for label, loop in loops[name]:
@@ -179,7 +181,7 @@ def main() -> None:
             loop_rate = n_loop / (time.perf_counter() - t)
             same = bool(np.allclose(got, ref, atol=1e-9))
             row = (f"{secs:.2f}", f"{rate:,.0f}", label, f"{loop_rate:,.0f}", f"{rate / loop_rate:.1f}×", str(same))
-            table.add_row(name, *row)
+            table.add_row(name, recall, *row)
     Console(width=130).print(table)
 
 
