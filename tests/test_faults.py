@@ -249,13 +249,13 @@ def test_sigint_cancels_queued_requests_and_keeps_the_answers(tmp_path: Path) ->
     data = small_world(tmp_path / "data")
     cache = tmp_path / "cache"
     with FlakyServer(TITLES, fail=0.0, garbage=0.0, prose_share=0.0) as server:
-        server.delay = 0.4
+        server.delay = 1.0  # without the fix the 30-odd requests left would take another 15 s
         cmd = [sys.executable, "-m", "convrec.cli.main", "remap", "--data", str(data), "--teacher", "fake-gpt"]
         cmd += ["--out", str(tmp_path / "r.parquet"), "--base-url", server.base_url, "--api-key-env", KEY_ENV]
-        cmd += ["--cache-dir", str(cache), "--concurrency", "3", "--timeout", "5"]
+        cmd += ["--cache-dir", str(cache), "--concurrency", "2", "--timeout", "5"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
-        while server.counts.get("answered", 0) < 6 and time.monotonic() < deadline and proc.poll() is None:
+        while server.counts.get("answered", 0) < 4 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.02)
         assert proc.poll() is None, proc.communicate()
         sent_at_signal = server.requests
@@ -263,18 +263,18 @@ def test_sigint_cancels_queued_requests_and_keeps_the_answers(tmp_path: Path) ->
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
         took = time.monotonic() - t0
-        time.sleep(0.6)  # anything still queued would arrive now
+        time.sleep(1.2)  # anything still queued would arrive now
         assert proc.returncode == 130, (out, err)
         assert took < 2.5, took
         assert "Traceback" not in err
         # the requests in flight at the signal may land; no queued one is sent
-        assert server.requests - sent_at_signal <= 3, (server.requests, sent_at_signal)
+        assert server.requests - sent_at_signal <= 2, (server.requests, sent_at_signal)
         total = pl.read_parquet(data / "train.parquet")["conversation_id"].n_unique()
         assert server.requests < total
         line = next(ln for ln in err.splitlines() if ln.startswith("interrupted:"))
         answered = int(line.split()[1])
         assert f"of {total} requests answered and cached" in line
         cached = list((cache / "llm").rglob("*.json"))
-        assert answered <= len(cached) <= answered + 3  # in-flight answers may still have been stored
+        assert answered <= len(cached) <= answered + 2  # in-flight answers may still have been stored
         served = {e["text"] for e in server.entries() if e.get("answered")}
         assert all(json.loads(f.read_text())["text"] in served for f in cached)  # whole answers, atomically
