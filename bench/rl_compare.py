@@ -88,7 +88,8 @@ def main() -> None:
 
     table = Table(title=f"RL from {args.init} · {args.steps} steps each · test split (greedy)")
     for col in ("run", "test N@20 last", "test N@20 best", "test R@20 last", "val N@20 start → end (max)",
-                "min rollout in-cat", "test in-cat last"):  # fmt: skip
+                "min rollout in-cat", "test in-cat last", "test format-valid last",
+                "test duplicates last"):  # fmt: skip
         table.add_column(col, justify="left" if col == "run" else "right")
     jobs = [(Path(args.init), args.out / "test_sft")]
     for level, mu, seed in plan:
@@ -97,7 +98,10 @@ def main() -> None:
     with ThreadPoolExecutor(args.parallel) as pool:  # each job is its own process
         list(pool.map(lambda j: test_metrics(j[0], args.data, j[1]), jobs))
     sft = test_metrics(Path(args.init), args.data, args.out / "test_sft")
-    table.add_row("SFT", f"{sft['ndcg@20']:.4f}", "", f"{sft['recall@20']:.4f}", "", "", f"{sft['in_catalog']:.1%}")
+    table.add_row(
+        "SFT", f"{sft['ndcg@20']:.4f}", "", f"{sft['recall@20']:.4f}", "", "", f"{sft['in_catalog']:.1%}",
+        f"{sft['format_valid']:.1%}", f"{sft['duplicate_ratio']:.1%}",
+    )  # fmt: skip
     for level, mu, seed in plan:
         run = args.out / f"{level}_mu{mu}_s{seed}"
         recs = records(run)
@@ -113,6 +117,8 @@ def main() -> None:
             f"{vals[0]:.4f} → {vals[-1]:.4f} ({max(vals):.4f})",
             f"{min(incat):.1%}",
             f"{last['in_catalog']:.1%}",
+            f"{last['format_valid']:.1%}",
+            f"{last['duplicate_ratio']:.1%}",
         )
     console.print(table)
 

@@ -24,6 +24,7 @@ from transformers import LogitsProcessor
 
 from convrec.catalog import Catalog
 from convrec.errors import ConvrecError
+from convrec.models.load import turn_end_id
 
 _NEXT, _END = 1, 2  # how a leaf edge finishes a line: another line follows / the list ends
 
@@ -34,7 +35,8 @@ class CatalogTrie:
     def __init__(self, tokenizer, labels: Sequence[str]) -> None:
         if tokenizer.eos_token_id is None:
             raise ConvrecError("the tokenizer has no EOS token: constrained decoding needs one to end a list")
-        self.eos = int(tokenizer.eos_token_id)
+        # a list ends with the token the chat template ends a reply with (what SFT taught the model)
+        self.eos = turn_end_id(tokenizer)
         self.vocab_size = len(tokenizer)
         self.labels: list[str] = []
         index: dict[str, int] = {}

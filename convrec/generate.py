@@ -14,6 +14,7 @@ import polars as pl
 import torch
 
 from convrec.errors import ConvrecError
+from convrec.models.load import stop_token_ids
 from convrec.prompts import build_messages
 
 if TYPE_CHECKING:
@@ -32,6 +33,23 @@ class GenerationConfig:
     max_prompt_tokens: int = 768
     constrained: bool = False  # catalog-constrained decoding (`convrec.constrained`)
     exclude_seen: bool = True  # with constrained: never list a title the conversation names
+
+
+BUDGET_QUANTILE, BUDGET_MARGIN = 0.99, 8
+
+
+def list_token_budget(tokenizer, catalog: Catalog, n_items: int) -> int:
+    """Tokens an N-line list needs under this tokenizer: N × the 99th percentile of the catalog's
+    lines (``Title (Year)`` and its newline), plus a margin for the stop token. The one derivation of a
+    list's budget (generate, sft validation, rl rollouts), so no tokenizer's guess is hard-coded."""
+    import numpy as np
+
+    labels = [catalog.label(r) for r in range(len(catalog))]
+    if len(labels) > 20_000:  # a quantile does not need every line of a huge catalog
+        labels = [labels[i] for i in np.linspace(0, len(labels) - 1, 20_000).astype(int)]
+    lengths = [len(x) for x in tokenizer([f"{lb}\n" for lb in labels], add_special_tokens=False)["input_ids"]]
+    per_line = float(np.quantile(lengths, BUDGET_QUANTILE)) if lengths else 16.0
+    return int(np.ceil(per_line * n_items)) + BUDGET_MARGIN
 
 
 def _encode(tokenizer, msgs: list[dict], n_items: int) -> list[int]:
@@ -88,7 +106,7 @@ def generate_texts(
     """Decoded completions; with ``constraints``, each prompt's `RowConstraint` shapes its list."""
     model.eval()
     texts: list[str] = []
-    pad = tokenizer.pad_token_id
+    pad, stops = tokenizer.pad_token_id, stop_token_ids(tokenizer, model)
     for start in range(0, len(prompts), cfg.batch_size):
         batch = prompts[start : start + cfg.batch_size]
         input_ids, attention = left_pad(batch, pad, model.device)
@@ -107,7 +125,7 @@ def generate_texts(
             temperature=cfg.temperature if cfg.do_sample else None,
             top_p=cfg.top_p if cfg.do_sample else None,
             pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stops,  # a chat model ends its turn with any of these
             **extra,
         )
         decoded = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)

@@ -121,3 +121,28 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert len(lines) == 1, proc.stderr
     for n in needles:
         assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="session")
+def sft_world(tmp_path_factory):
+    """Synthetic world, tiny model and a short SFT run (80 steps): the policy RL tests start from."""
+    from convrec.data.synth import generate
+    from convrec.models.tiny import init_model
+    from convrec.train.sft import SFTConfig
+    from convrec.train.sft import train as sft_train
+
+    root = tmp_path_factory.mktemp("sft_world")
+    generate(root / "data", seed=0)
+    init_model(root / "data", root / "model")
+    cfg = SFTConfig(
+        data=str(root / "data"),
+        model=str(root / "model"),
+        out=str(root / "sft"),
+        max_steps=80,
+        batch_size=8,
+        lr=3e-3,
+        eval_every=80,
+        val_samples=2,
+    )
+    sft_train(cfg)
+    return root

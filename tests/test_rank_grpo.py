@@ -61,10 +61,74 @@ def test_k3_kl():
 
 
 def test_shaping_advantages():
-    seg = torch.tensor([[1, 2, 3, 3, 4], [1, 1, 4, 0, 0]])
+    # N = 2: (a) 2 items, 2 overflow tokens, EOS: the EOS after overflow is overflow too (-0.1), not +0.1;
+    # (b) 1 item then EOS: early; (c) exactly 2 items then EOS: the only +0.1
+    seg = torch.tensor([[1, 2, 3, 3, 4], [1, 1, 4, 0, 0], [1, 2, 2, 4, 0]])
     shaped = rg.shaping_advantages(seg, 2, rg.Shaping())
-    assert shaped[0].tolist() == pytest.approx([0, 0, -0.1, -0.1, 0.1])
+    assert shaped[0].tolist() == pytest.approx([0, 0, -0.1, -0.1, -0.1])
     assert shaped[1].tolist() == pytest.approx([0, 0, -0.1, 0, 0])
+    assert shaped[2].tolist() == pytest.approx([0, 0, 0, 0.1, 0])
+    with pytest.raises(ValueError, match="unknown shaping weight"):
+        rg.Shaping(weight="sequence")
+
+
+def _list_of(n_lines: int, n_items: int, tokens_per_line: int = 3):
+    """breaks / seg of a list of ``n_lines`` lines of 3 tokens (the last holds the newline), then EOS."""
+    breaks = ([F] * (tokens_per_line - 1) + [T]) * n_lines + [F]
+    eos = [F] * (tokens_per_line * n_lines) + [T]
+    b, e = torch.tensor([breaks]), torch.tensor([eos])
+    return b, rg.segment_ranks(b, e, torch.ones_like(b), n_items)
+
+
+def test_overflow_lines_counts_lines_past_the_nth():
+    for n_lines, expected in ((25, 5), (20, 0), (19, 0), (21, 1)):
+        breaks, seg = _list_of(n_lines, 20)
+        assert rg.overflow_lines(breaks, seg, 20).tolist() == [expected]
+    # a last overflow line without its newline still counts
+    breaks = torch.tensor([[F, T, F, T, F, F]])
+    seg = rg.segment_ranks(breaks, torch.zeros_like(breaks), torch.ones_like(breaks), 1)
+    assert seg.tolist() == [[1, 1, 2, 2, 2, 2]]
+    assert rg.overflow_lines(breaks, seg, 1).tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    ("n_lines", "weight", "cost"),
+    [
+        (25, "item", 5 * 0.1 + 0.1),  # 5 lines past the 20th, then an EOS that is overflow too
+        (25, "token", 15 * 0.1 + 0.1),  # 5 × 3 overflow tokens, then the EOS
+        (19, "item", 0.1),  # early EOS
+        (19, "token", 0.1),
+        (20, "item", -0.1),  # exactly 20 then EOS: a bonus
+    ],
+)
+def test_what_a_long_and_a_short_list_cost(n_lines, weight, cost):
+    """On-policy (w = 1) with zero rank advantages the objective is the shaping alone, over B·N = 20."""
+    breaks, seg = _list_of(n_lines, 20)
+    logp = torch.zeros(seg.shape, dtype=torch.float64)
+    parts = rg.rank_grpo_loss(
+        logp, logp, seg, torch.zeros(1, 20, dtype=torch.float64), 20,
+        shaping=rg.Shaping(weight=weight), overflow_lines=rg.overflow_lines(breaks, seg, 20),
+    )  # fmt: skip
+    assert float(parts.objective) == pytest.approx(-cost / 20)
+
+
+def test_item_weighting_needs_the_line_counts():
+    _, seg = _list_of(25, 20)
+    logp = torch.zeros(seg.shape)
+    with pytest.raises(ValueError, match="overflow line counts"):
+        rg.rank_grpo_loss(logp, logp, seg, torch.zeros(1, 20), 20, shaping=rg.Shaping())
+
+
+def test_duplicate_penalty_enters_every_reward():
+    rel = torch.tensor([[1.0, 0.0, 0.0]])
+    dup = torch.tensor([[0.0, 1.0, 0.0]])  # rank 2 repeats rank 1
+    assert rg.gains(rel, dup, 0.0).tolist() == [[1.0, 0.0, 0.0]]  # the paper's rule: a repeat is a miss
+    g = rg.gains(rel, dup, 0.5)
+    assert g.tolist() == [[1.0, -0.5, 0.0]]
+    assert rg.rank_rewards(g, "exp_inf").tolist() == [[1.0, -0.5, 0.0]]
+    # log: r_1 = 1 - 0.5/log2(3) = 0.68454, r_2 = -0.5/log2(3) = -0.31546, r_3 = 0
+    assert rg.rank_rewards(g, "log")[0].tolist() == pytest.approx([0.684535, -0.315465, 0.0], abs=1e-6)
+    assert rg.sequence_rewards(g).tolist() == pytest.approx([0.684535], abs=1e-6)
 
 
 def _rank_case():
@@ -86,7 +150,9 @@ def test_rank_grpo_loss_by_hand():
     assert float(parts.objective) == pytest.approx(expected, rel=1e-6)
     assert float(parts.loss) == pytest.approx(-expected, rel=1e-6)
     assert float(parts.clip_fraction) == pytest.approx(2 / 5)  # 5 non-empty segments, 2 clipped
-    shaped = rg.rank_grpo_loss(logp, old, seg, adv, 2, eps_low=0.06, eps_high=0.08, shaping=rg.Shaping())
+    shaped = rg.rank_grpo_loss(
+        logp, old, seg, adv, 2, eps_low=0.06, eps_high=0.08, shaping=rg.Shaping(), overflow_lines=torch.zeros(2)
+    )
     # sample 0 ends with EOS after exactly N items: +0.1 at ratio 1
     assert float(shaped.objective) == pytest.approx(expected + 0.1 / 4, rel=1e-6)
 

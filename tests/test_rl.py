@@ -28,29 +28,9 @@ STEP_KEYS = {
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Synthetic world, tiny model and a short SFT run: the policy RL starts from."""
-    from convrec.data.synth import generate
-    from convrec.models.tiny import init_model
-    from convrec.train.sft import SFTConfig
-    from convrec.train.sft import train as sft_train
-
-    root = tmp_path_factory.mktemp("rl")
-    generate(root / "data", seed=0)
-    init_model(root / "data", root / "model")
-    cfg = SFTConfig(
-        data=str(root / "data"),
-        model=str(root / "model"),
-        out=str(root / "sft"),
-        max_steps=80,
-        batch_size=8,
-        lr=3e-3,
-        eval_every=80,
-        val_samples=2,
-    )
-    sft_train(cfg)
-    return root
+@pytest.fixture
+def setup(sft_world):
+    return sft_world
 
 
 def _records(run: Path) -> list[dict]:

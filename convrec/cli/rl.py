@@ -7,42 +7,73 @@ from pathlib import Path
 import typer
 
 from convrec.cli.common import console
+from convrec.train.config import ENGINES, LEVELS, REWARDS, SHAPING_WEIGHTS, RLConfig, defaults
+
+D = defaults(RLConfig)
 
 
 def rl_command(
     init: str = typer.Option(..., "--init", help="The SFT model (RUN/best): starting policy and KL reference."),
     data: Path = typer.Option(..., "--data", help="Data folder (catalog, train and val splits)."),
     out: Path = typer.Option(..., "--out", help="Run folder: RUN/last, RUN/best, metrics.jsonl."),
-    level: str = typer.Option("rank", "--level", help="rank (Rank-GRPO) | token (GRPO) | sequence (GSPO)."),
-    reward: str = typer.Option("exp_inf", "--reward", help="Per-rank reward: exp_inf | log (DCG@k:N)."),
-    group_size: int = typer.Option(8, "--group-size", help="Lists sampled per conversation (G)."),
-    prompts_per_step: int = typer.Option(4, "--prompts-per-step", help="Conversations per step and process."),
-    mu: int = typer.Option(1, "--mu", help="Optimisation passes per rollout batch (2 = off-policy reuse)."),
-    max_steps: int = typer.Option(100, "--max-steps"),
-    lr: float = typer.Option(1e-5, "--lr", help="Constant learning rate (1e-6 for 0.5B models)."),
-    beta: float = typer.Option(1e-3, "--beta", help="KL weight to the SFT reference (0 = no reference model)."),
-    clip_low: float | None = typer.Option(None, "--clip-low", help="ε_low; default per level (rank 0.06)."),
-    clip_high: float | None = typer.Option(None, "--clip-high", help="ε_high; default per level (rank 0.08)."),
-    micro_batch_size: int = typer.Option(16, "--micro-batch-size", help="Rollouts per forward/backward."),
-    temperature: float = typer.Option(1.0, "--temperature"),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Default 14 per item."),
-    n_items: int = typer.Option(20, "--n-items", help="List length N."),
-    engine: str = typer.Option("hf", "--engine", help="Rollout engine: hf | vllm (GPU)."),
-    constrained_rollouts: bool = typer.Option(
-        False, "--constrained-rollouts", help="Sample only catalog items (hf engine): no catalog drift in rollouts."
+    level: str = typer.Option(D.level, "--level", help=f"{' | '.join(LEVELS)}: Rank-GRPO, GRPO, GSPO."),
+    reward: str = typer.Option(D.reward, "--reward", help=f"Per-rank reward: {' | '.join(REWARDS)} (DCG@k:N)."),
+    group_size: int = typer.Option(D.group_size, "--group-size", help="Lists sampled per conversation (G)."),
+    prompts_per_step: int = typer.Option(D.prompts_per_step, "--prompts-per-step", help="Conversations per step."),
+    mu: int = typer.Option(D.mu, "--mu", help="Optimisation passes per rollout batch (2 = off-policy reuse)."),
+    max_steps: int = typer.Option(D.max_steps, "--max-steps"),
+    lr: float = typer.Option(D.lr, "--lr", help="Constant learning rate (1e-6 for 0.5B models)."),
+    beta: float = typer.Option(D.beta, "--beta", help="KL weight to the SFT reference (0 = no reference model)."),
+    clip_low: float | None = typer.Option(D.clip_low, "--clip-low", help="ε_low; default per level (rank 0.06)."),
+    clip_high: float | None = typer.Option(D.clip_high, "--clip-high", help="ε_high; default per level (rank 0.08)."),
+    max_grad_norm: float = typer.Option(D.max_grad_norm, "--max-grad-norm"),
+    adam_betas: tuple[float, float] = typer.Option(D.adam_betas, "--adam-betas", help="AdamW's β1 β2."),
+    micro_batch_size: int = typer.Option(D.micro_batch_size, "--micro-batch-size", help="Rollouts per backward."),
+    temperature: float = typer.Option(
+        D.temperature, "--temperature", help="Sampling temperature; old, new and reference log-probs use it too."
     ),
-    eval_every: int = typer.Option(25, "--eval-every", help="Validate and checkpoint every N steps."),
-    val_samples: int = typer.Option(100, "--val-samples"),
-    seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="Continue exactly from RUN/last."),
-    keep_last: int = typer.Option(1, "--keep-last"),
-    deepspeed: Path | None = typer.Option(None, "--deepspeed", help="DeepSpeed config; launch with torchrun."),
+    top_p: float = typer.Option(
+        D.top_p, "--top-p", help="Nucleus sampling; not corrected for in the log-probs (as TRL)."
+    ),
+    max_new_tokens: int | None = typer.Option(
+        D.max_new_tokens, "--max-new-tokens", help="Default: N × the catalog's long lines under the tokenizer."
+    ),
+    max_prompt_tokens: int = typer.Option(
+        D.max_prompt_tokens, "--max-prompt-tokens", help="Longer prompts lose old turns."
+    ),
+    n_items: int = typer.Option(D.n_items, "--n-items", help="List length N."),
+    overflow_penalty: float = typer.Option(D.overflow_penalty, "--overflow-penalty", help="Shaping per overflow unit."),
+    early_eos_penalty: float = typer.Option(D.early_eos_penalty, "--early-eos-penalty", help="EOS before item N."),
+    exact_eos_bonus: float = typer.Option(D.exact_eos_bonus, "--exact-eos-bonus", help="EOS right after item N."),
+    shaping_weight: str = typer.Option(
+        D.shaping_weight,
+        "--shaping-weight",
+        help=f"{' | '.join(SHAPING_WEIGHTS)}: Rank-GRPO's overflow unit, a line past N or every token (released code).",
+    ),
+    duplicate_penalty: float = typer.Option(
+        D.duplicate_penalty, "--duplicate-penalty", help="Reward −λ at a rank that repeats an item (0: the paper's 0)."
+    ),
+    engine: str = typer.Option(D.engine, "--engine", help=f"Rollout engine: {' | '.join(ENGINES)} (vllm: GPU)."),
+    constrained_rollouts: bool = typer.Option(
+        D.constrained_rollouts,
+        "--constrained-rollouts",
+        help="Sample only catalog items (hf engine). The loss scores them under the unmasked policy: a biased "
+        "gradient that also teaches the policy the catalog (see README).",
+    ),
+    eval_every: int = typer.Option(D.eval_every, "--eval-every", help="Validate and checkpoint every N steps."),
+    val_samples: int = typer.Option(D.val_samples, "--val-samples"),
+    seed: int = typer.Option(D.seed, "--seed"),
+    resume: bool = typer.Option(D.resume, "--resume", help="Continue exactly from RUN/last."),
+    keep_last: int = typer.Option(D.keep_last, "--keep-last"),
+    deepspeed: Path | None = typer.Option(D.deepspeed, "--deepspeed", help="DeepSpeed config; launch with torchrun."),
+    precision: str = typer.Option(
+        D.precision, "--precision", help="auto, fp32 or bf16 compute (autocast); trained weights stay fp32 (see sft)."
+    ),
 ) -> None:
     """Rank-GRPO reinforcement learning from an SFT model (token-level GRPO and GSPO as baselines)."""
     flags = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
     from convrec.train.distributed import is_main
-    from convrec.train.rl import RLConfig, train
+    from convrec.train.rl import train
 
     result = train(RLConfig(**flags), console=console)
     if is_main():

@@ -7,38 +7,53 @@ from pathlib import Path
 import typer
 
 from convrec.cli.common import console
+from convrec.train.config import SFTConfig, defaults
+
+D = defaults(SFTConfig)
 
 
 def sft_command(
     data: Path = typer.Option(..., "--data", help="Data folder (catalog, train and val splits)."),
     model: str = typer.Option(..., "--model", help="Hub id or local model folder (e.g. from `convrec model init`)."),
     out: Path = typer.Option(..., "--out", help="Run folder: RUN/last, RUN/best, metrics.jsonl."),
-    sft_set: Path | None = typer.Option(None, "--sft-set", help="Stage 1 SFT set; default: train ground truth."),
-    epochs: int = typer.Option(3, "--epochs"),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Micro-batch size."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (1e-3 suits the tiny model; ~1e-5 real ones)."),
-    warmup_ratio: float = typer.Option(0.05, "--warmup-ratio"),
-    weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
-    max_length: int = typer.Option(1024, "--max-length", help="Context length; prompts are cut from the left."),
-    eval_every: int = typer.Option(100, "--eval-every", help="Validate and checkpoint every N steps."),
-    val_samples: int = typer.Option(100, "--val-samples", help="Validation samples for loss and generated metrics."),
-    seed: int = typer.Option(0, "--seed"),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
-    resume: bool = typer.Option(False, "--resume", help="Continue exactly from RUN/last."),
-    keep_last: int = typer.Option(1, "--keep-last", help="Checkpoints to keep: RUN/last plus K-1 in RUN/checkpoints."),
-    lora_r: int = typer.Option(0, "--lora-r", help="LoRA rank (0 = full fine-tuning); needs peft."),
-    lora_alpha: int = typer.Option(16, "--lora-alpha"),
-    lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
+    sft_set: Path | None = typer.Option(D.sft_set, "--sft-set", help="Stage 1 SFT set; default: train ground truth."),
+    epochs: int = typer.Option(D.epochs, "--epochs"),
+    max_steps: int | None = typer.Option(D.max_steps, "--max-steps", help="Stop after this many optimiser steps."),
+    batch_size: int = typer.Option(D.batch_size, "--batch-size", help="Micro-batch size."),
+    grad_accum: int = typer.Option(D.grad_accum, "--grad-accum", help="Gradient accumulation steps."),
+    lr: float = typer.Option(D.lr, "--lr", help="Peak learning rate (1e-3 suits the tiny model; ~1e-5 real ones)."),
+    warmup_ratio: float = typer.Option(D.warmup_ratio, "--warmup-ratio"),
+    weight_decay: float = typer.Option(D.weight_decay, "--weight-decay", help="AdamW weight decay."),
+    max_length: int = typer.Option(D.max_length, "--max-length", help="Context length; prompts are cut from the left."),
+    n_items: int = typer.Option(D.n_items, "--n-items", help="List length N the prompt asks for and targets hold."),
+    max_grad_norm: float = typer.Option(D.max_grad_norm, "--max-grad-norm", help="Gradient clipping norm."),
+    eval_every: int = typer.Option(D.eval_every, "--eval-every", help="Validate and checkpoint every N steps."),
+    val_samples: int = typer.Option(
+        D.val_samples, "--val-samples", help="Validation samples for loss and generated metrics."
+    ),
+    seed: int = typer.Option(D.seed, "--seed"),
+    gradient_checkpointing: bool = typer.Option(D.gradient_checkpointing, "--gradient-checkpointing"),
+    resume: bool = typer.Option(D.resume, "--resume", help="Continue exactly from RUN/last."),
+    keep_last: int = typer.Option(
+        D.keep_last, "--keep-last", help="Checkpoints to keep: RUN/last plus K-1 in RUN/checkpoints."
+    ),
+    lora_r: int = typer.Option(D.lora_r, "--lora-r", help="LoRA rank (0 = full fine-tuning); needs peft."),
+    lora_alpha: int = typer.Option(D.lora_alpha, "--lora-alpha"),
+    lora_dropout: float = typer.Option(D.lora_dropout, "--lora-dropout"),
+    precision: str = typer.Option(
+        D.precision,
+        "--precision",
+        help="auto, fp32 or bf16 compute (autocast); trained weights stay fp32. auto: bf16 on a "
+        "GPU with bf16 or a CPU with AVX-512 BF16/AMX for models of 50M+ parameters, else fp32.",
+    ),
     deepspeed: Path | None = typer.Option(
-        None, "--deepspeed", help="DeepSpeed config (ds_configs/zero2.json); launch with torchrun or deepspeed."
+        D.deepspeed, "--deepspeed", help="DeepSpeed config (ds_configs/zero2.json); launch with torchrun or deepspeed."
     ),
 ) -> None:
     """Supervised fine-tuning (behaviour cloning) on catalog-grounded `Title (Year)` lists."""
     # every flag is a field of SFTConfig: paths travel as strings (the config is saved as JSON)
     flags = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
-    from convrec.train.sft import SFTConfig, train
+    from convrec.train.sft import train
 
     cfg = SFTConfig(**flags)
     result = train(cfg, console=console)
@@ -59,7 +74,9 @@ def generate_command(
     out: Path = typer.Option(..., "--out", help="Predictions Parquet to write."),
     n_items: int = typer.Option(20, "--n-items"),
     batch_size: int = typer.Option(16, "--batch-size"),
-    max_new_tokens: int = typer.Option(320, "--max-new-tokens"),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="Default: N × the catalog's long lines under this tokenizer, plus a margin."
+    ),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature"),
     top_p: float = typer.Option(1.0, "--top-p"),
@@ -75,16 +92,17 @@ def generate_command(
     from rich.progress import Progress
 
     from convrec import artifacts
-    from convrec.data import load_split, split_path
-    from convrec.generate import GenerationConfig, generate_predictions
+    from convrec.data import load_split, open_catalog, split_path
+    from convrec.generate import GenerationConfig, generate_predictions, list_token_budget
     from convrec.models.load import load_model, load_tokenizer
 
     samples = load_split(data, split)
     samples = samples.head(limit) if limit else samples
+    catalog = open_catalog(data)
     tok, mdl = load_tokenizer(model), load_model(model)
     cfg = GenerationConfig(
         n_items=n_items,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens or list_token_budget(tok, catalog, n_items),
         batch_size=batch_size,
         do_sample=sample,
         temperature=temperature,
@@ -92,11 +110,6 @@ def generate_command(
         constrained=constrained,
         exclude_seen=exclude_seen,
     )
-    catalog = None
-    if constrained:
-        from convrec.data import open_catalog
-
-        catalog = open_catalog(data)
     with Progress(console=console) as progress:
         task = progress.add_task("generating", total=samples["conversation_id"].n_unique())
         preds = generate_predictions(mdl, tok, samples, cfg, lambda k: progress.advance(task, k), catalog)

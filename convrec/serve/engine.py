@@ -25,6 +25,7 @@ from convrec.catalog import Catalog
 from convrec.constrained import CatalogConstraints, RowConstraint
 from convrec.generate import encode_prompt, left_pad
 from convrec.mentions import MentionFinder
+from convrec.models.load import stop_token_ids
 
 log = logging.getLogger("convrec.serve")
 
@@ -71,10 +72,11 @@ class _LogSoftmax(LogitsProcessor):
 
 
 class _RowStopper(StoppingCriteria):
-    """Collects each row's tokens (streaming them) and stops a row at EOS, its budget, deadline or cancel."""
+    """Collects each row's tokens (streaming them) and stops a row at a stop token (any token that ends a
+    turn), its budget, deadline or cancel."""
 
-    def __init__(self, jobs: list[Job], logp: _LogSoftmax, eos: int) -> None:
-        self.jobs, self.logp, self.eos = jobs, logp, eos
+    def __init__(self, jobs: list[Job], logp: _LogSoftmax, stops: list[int]) -> None:
+        self.jobs, self.logp, self.stops = jobs, logp, set(stops)
         self.active = [True] * len(jobs)
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
@@ -85,7 +87,7 @@ class _RowStopper(StoppingCriteria):
         for r, job in enumerate(self.jobs):
             if not self.active[r]:
                 continue
-            if toks[r] == self.eos:
+            if toks[r] in self.stops:
                 self._stop(r, "stop")
                 continue
             job.tokens.append(toks[r])
@@ -215,7 +217,8 @@ class Engine:
         constrained = any(j.constraint is not None for j in jobs)
         proc = self.constraints.processor([j.constraint for j in jobs]) if constrained else None
         logp = _LogSoftmax()
-        stopper = _RowStopper(jobs, logp, tok.eos_token_id)
+        stops = stop_token_ids(tok, self.model)
+        stopper = _RowStopper(jobs, logp, stops)
         first = jobs[0]
         out = self.model.generate(
             input_ids=input_ids,
@@ -225,7 +228,7 @@ class Engine:
             temperature=first.temperature if first.do_sample else None,
             top_p=first.top_p if first.do_sample else None,
             pad_token_id=pad,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=stops,
             logits_processor=LogitsProcessorList([p for p in (proc, logp) if p is not None]),
             stopping_criteria=StoppingCriteriaList([stopper]),
         )

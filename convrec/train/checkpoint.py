@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from convrec.errors import ConvrecError
-from convrec.train import lora
+from convrec.train import distributed, lora, runlog
 
 STATE = "trainer_state.pt"
 
@@ -55,3 +55,57 @@ def load_state(folder: Path) -> dict:
         return torch.load(path, weights_only=False)
     except Exception as e:
         raise ConvrecError(f"{path}: corrupt trainer state ({type(e).__name__})") from None
+
+
+def validation_due(step: int, total: int, every: int) -> bool:
+    """Validate (and checkpoint) every ``every`` steps and after the last one."""
+    return step % every == 0 or step == total
+
+
+class Checkpointer:
+    """One run's checkpoints, the same for sft and rl: ``RUN/last`` (model + trainer state: optimiser,
+    scheduler, RNG, step, best metric), ``RUN/best`` by the validation metric, K-1 older copies of
+    last (`keep_copy`), and with DeepSpeed each rank's optimiser shard in ``RUN/ds_state``.
+
+    `save` is collective (every rank calls it); rank 0 alone validates and writes model folders."""
+
+    def __init__(self, out: Path, model, tokenizer, optimizer, *, scheduler=None, engine=None, keep_last: int = 1):
+        self.out, self.model, self.tokenizer = Path(out), model, tokenizer
+        self.optimizer, self.scheduler, self.engine, self.keep_last = optimizer, scheduler, engine, keep_last
+        self.step, self.best = 0, -1.0
+
+    def resume(self, state: dict) -> None:
+        """Continue exactly from ``RUN/last``'s trainer state (`load_state`)."""
+        if self.engine is not None:  # partitioned optimizer state: every rank loads its own shard
+            self.engine.load_checkpoint(str(self.out / "ds_state"), load_module_strict=True)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.step, self.best = state["step"], state["best"]
+
+    def save(self, step: int, validate, *, metric: str = "ndcg@20", save_last: bool = True) -> dict | None:
+        """Capture the trainer state, then on rank 0 run ``validate()`` (a dict of metrics), save
+        ``RUN/best`` when ``metric`` improved and ``RUN/last`` (unless ``save_last`` is False, as at an
+        RL run's step 0). Returns the metrics on rank 0, None elsewhere."""
+        state = {"rng": torch.get_rng_state(), "step": step, "best": self.best}
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(self.out / "ds_state"), tag=f"step{step}")  # collective
+        else:
+            state["optimizer"] = self.optimizer.state_dict()
+            if self.scheduler is not None:
+                state["scheduler"] = self.scheduler.state_dict()
+        metrics = None
+        if distributed.is_main():
+            metrics = validate()
+            if metrics[metric] > self.best:
+                self.best = state["best"] = metrics[metric]
+                save(self.out / "best", self.model, self.tokenizer)
+            if save_last:
+                save(self.out / "last", self.model, self.tokenizer, state)
+                keep_copy(self.out, step, self.keep_last)
+        distributed.barrier()
+        if self.engine is not None and distributed.is_main():  # keep only the newest DeepSpeed state
+            runlog.prune_deepspeed_states(self.out, step)
+        return metrics

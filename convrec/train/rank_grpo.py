@@ -8,13 +8,24 @@ before it). ``segment_ranks`` gives every token a segment id: 1..N for the items
 for tokens after the N-th item, EOS = N + 2 for the end-of-sequence token, 0 for padding.
 
 Rewards per rank (rel_k = 1 if item k hits an unmatched ground-truth item, is in catalog and not
-seen, else 0):
-    exp_inf:  r_k = rel_k
-    log:      r_k = Σ_{j=k..N} rel_j / log2(j + 1)          (DCG@k:N, causal: never earlier ranks)
+seen, else 0; dup_k = 1 if item k repeats an earlier item of its list; gain g_k = rel_k − λ_dup·dup_k,
+λ_dup = 0 by default, the paper's rule, where a repeat earns the 0 of a miss):
+    exp_inf:  r_k = g_k
+    log:      r_k = Σ_{j=k..N} g_j / log2(j + 1)            (DCG@k:N, causal: never earlier ranks)
 Advantages across the G samples of a prompt:  A = (r − mean_G r) / (std_G r + 1e-4).
 Rank-GRPO ratio per item:  w_{i,k} = exp( mean_{t ∈ item k} [log π_θ(t) − log π_old(t)] ).
 Objective (maximised):  (1/(B·N)) Σ_i Σ_k min( w A, clip(w, 1 − ε_low, 1 + ε_high) A ),
 minus β · KL(π_θ ‖ π_ref) with the k3 estimator per token: e^{ref − logp} − (ref − logp) − 1.
+
+Length shaping (the released code's values) enters as extra advantages: −0.1 for the overflow, −0.1
+for an EOS after fewer than N items, +0.1 for an EOS right after exactly N items with no overflow (an
+EOS after overflow is itself overflow, −0.1). In Rank-GRPO the overflow is one more segment with one
+ratio (the geometric mean over its tokens) whose advantage is −0.1 × units: ``weight = "item"``
+(default) counts each line past the N-th as one unit, so an over-long list pays like the extra items
+it wrote (Eq. 7 weighs items); ``weight = "token"`` counts every overflow token, the released code's
+per-token penalty. With N = 20 and lines of 3 tokens, a 25-item list pays 5 × −0.1 + EOS −0.1 = −0.6
+item units (token weight: 15 × −0.1 − 0.1 = −1.6) and a 19-item list −0.1, each divided by B·N.
+Token-level GRPO and GSPO weigh every token alike, so their shaping is per token in both cases.
 """
 
 from __future__ import annotations
@@ -23,18 +34,9 @@ from dataclasses import dataclass
 
 import torch
 
+from convrec.train.config import LEVELS, REWARDS, SHAPING_WEIGHTS, Shaping  # noqa: F401  (the maths' choices)
+
 ADV_EPS = 1e-4
-LEVELS = ("rank", "token", "sequence")
-REWARDS = ("exp_inf", "log")
-
-
-@dataclass(frozen=True)
-class Shaping:
-    """List-length shaping of the released code, added to the advantages of the tokens it names."""
-
-    overflow: float = -0.1  # every token after the N-th item
-    early_eos: float = -0.1  # EOS with fewer than N items
-    exact_eos: float = 0.1  # EOS right after the N-th item
 
 
 def segment_ranks(breaks: torch.Tensor, is_eos: torch.Tensor, mask: torch.Tensor, n_items: int) -> torch.Tensor:
@@ -57,15 +59,31 @@ def items_emitted(seg: torch.Tensor, n_items: int) -> torch.Tensor:
     return present[:, 1 : n_items + 1].sum(dim=1)
 
 
+def overflow_lines(breaks: torch.Tensor, seg: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Lines written past the N-th item per completion (B,): overflow tokens that start a line, i.e.
+    whose previous token ended one (the first overflow token always follows the N-th break)."""
+    prev_break = torch.zeros_like(breaks)
+    prev_break[:, 1:] = breaks[:, :-1]
+    return ((seg == n_items + 1) & prev_break).sum(dim=1)
+
+
+def gains(rel: torch.Tensor, dup: torch.Tensor | None = None, dup_penalty: float = 0.0) -> torch.Tensor:
+    """g_k = rel_k − λ_dup · dup_k (B, N): what every reward sums; λ_dup = 0 leaves rel as it is."""
+    rel = rel.double()
+    if dup is None or dup_penalty == 0:
+        return rel
+    return rel - dup_penalty * dup.double()
+
+
 def discounts(n: int, device=None) -> torch.Tensor:
     """1 / log2(j + 1) for ranks j = 1..n."""
     return 1.0 / torch.log2(torch.arange(2, n + 2, dtype=torch.float64, device=device))
 
 
 def rank_rewards(rel: torch.Tensor, kind: str = "exp_inf") -> torch.Tensor:
-    """Per-rank rewards (B, N) from per-rank relevance (B, N).
+    """Per-rank rewards (B, N) from per-rank gains (B, N): relevance, or `gains` with a repeat penalty.
 
-    exp_inf: r_k = rel_k.  log (causal DCG@k:N): r_k = Σ_{j≥k} rel_j / log2(j + 1)."""
+    exp_inf: r_k = g_k.  log (causal DCG@k:N): r_k = Σ_{j≥k} g_j / log2(j + 1)."""
     rel = rel.double()
     if kind == "exp_inf":
         return rel
@@ -76,7 +94,7 @@ def rank_rewards(rel: torch.Tensor, kind: str = "exp_inf") -> torch.Tensor:
 
 
 def sequence_rewards(rel: torch.Tensor) -> torch.Tensor:
-    """DCG@N of each list (B,): Σ_j rel_j / log2(j + 1), GRPO's and GSPO's one reward per list."""
+    """DCG@N of each list (B,): Σ_j g_j / log2(j + 1), GRPO's and GSPO's one reward per list."""
     return (rel.double() * discounts(rel.shape[1], rel.device)).sum(dim=1)
 
 
@@ -105,11 +123,32 @@ def segment_mean(values: torch.Tensor, seg: torch.Tensor, n_segments: int) -> tu
 
 
 def shaping_advantages(seg: torch.Tensor, n_items: int, shaping: Shaping) -> torch.Tensor:
-    """Per-token shaping (B, T): overflow tokens, and the EOS token by how many items came before it."""
+    """Per-token shaping (B, T): ``overflow`` on every overflow token; the EOS token gets ``exact_eos``
+    after exactly N items and no overflow, ``overflow`` after overflow, ``early_eos`` after fewer items."""
     n = items_emitted(seg, n_items).unsqueeze(1)
+    spill = (seg == n_items + 1).any(dim=1, keepdim=True)
     eos = torch.where(n == n_items, shaping.exact_eos, shaping.early_eos)
+    eos = torch.where(spill, shaping.overflow, eos)
     out = torch.where(seg == n_items + 2, eos, 0.0)
     return torch.where(seg == n_items + 1, shaping.overflow, out).double()
+
+
+def segment_shaping(
+    seg: torch.Tensor, n_items: int, shaping: Shaping, lines: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rank-GRPO's shaping advantages of the overflow and EOS segments (B, 2): overflow × units
+    (``lines`` past the N-th for ``weight = "item"``, overflow tokens for ``"token"``), and the EOS
+    token's value from `shaping_advantages`."""
+    tok = shaping_advantages(seg, n_items, shaping)
+    is_over = seg == n_items + 1
+    if shaping.weight == "token":
+        units = is_over.sum(dim=1)
+    else:
+        if lines is None:
+            raise ValueError("item-weighted shaping needs the overflow line counts (`overflow_lines`)")
+        units = torch.where(is_over.any(dim=1), lines.clamp(min=1), 0)
+    eos = (tok * (seg == n_items + 2)).sum(dim=1)
+    return torch.stack([shaping.overflow * units.double(), eos], dim=1)
 
 
 def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
@@ -152,13 +191,14 @@ def rank_grpo_loss(
     eps_low: float = 0.06,
     eps_high: float = 0.08,
     shaping: Shaping | None = None,
+    overflow_lines: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
 ) -> LossParts:
     """Rank-GRPO: one ratio and one advantage per item (segment), averaged over B·N ranks.
 
-    The overflow and EOS segments take the shaping values as their advantages (a shaping value per
-    segment, since all its tokens share it), so length shaping goes through the same clipped ratio.
+    The overflow and EOS segments take their shaping advantages (`segment_shaping`; ``overflow_lines``
+    from `overflow_lines` for item weighting), so length shaping goes through the same clipped ratio.
     """
     mask = seg > 0
     n_seg = n_items + 3
@@ -166,8 +206,7 @@ def rank_grpo_loss(
     adv = torch.zeros_like(log_ratio, dtype=torch.float64)
     adv[:, 1 : n_items + 1] = rank_adv
     if shaping is not None:
-        tok = shaping_advantages(seg, n_items, shaping)
-        adv[:, n_items + 1 :] = segment_mean(tok, seg, n_seg)[0][:, n_items + 1 :]
+        adv[:, n_items + 1 :] = segment_shaping(seg, n_items, shaping, overflow_lines)
     present = counts[:, 1:] > 0
     ratio = torch.exp(log_ratio[:, 1:])
     adv = adv[:, 1:].to(ratio.dtype)
@@ -186,6 +225,7 @@ def grpo_loss(
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     shaping: Shaping | None = None,
+    overflow_lines: torch.Tensor | None = None,  # unused: token-level shaping is per token
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
 ) -> LossParts:
@@ -211,6 +251,7 @@ def gspo_loss(
     eps_low: float = 3e-4,
     eps_high: float = 4e-4,
     shaping: Shaping | None = None,
+    overflow_lines: torch.Tensor | None = None,  # unused: the list's shaping is its per-token mean
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
 ) -> LossParts:

@@ -14,7 +14,7 @@ import torch
 
 from convrec.catalog import Catalog
 from convrec.listfmt import parse_line
-from convrec.metrics import OUT, judge_lists
+from convrec.metrics import DUP, OUT, judge_lists
 from convrec.train import rank_grpo
 
 
@@ -45,9 +45,13 @@ class Scored:
     ids: torch.Tensor  # (B, T) completion ids, right-padded
     seg: torch.Tensor  # (B, T) segment ids (rank_grpo.segment_ranks)
     rel: torch.Tensor  # (B, N) 1 where the item at that rank is a hit
+    dup: torch.Tensor  # (B, N) 1 where the item at that rank repeats an earlier one of its list
+    overflow_lines: torch.Tensor  # (B,) lines written past the N-th (rank_grpo.overflow_lines)
     in_catalog: float  # share of emitted items that resolve to the catalog
     items_per_list: float
-    format_valid: float  # share of lists with exactly N parseable items and an EOS
+    format_valid: float  # share of lists with exactly N parseable items and a stop token
+    duplicate_lines: float  # share of emitted items that repeat an earlier one
+    clipped: float  # share of completions cut by the token budget (no stop token)
 
 
 def score(
@@ -57,13 +61,19 @@ def score(
     seen: list[list[tuple[str, int | None]]],
     catalog: Catalog,
     n_items: int,
+    stop_ids: list[int] | None = None,
 ) -> Scored:
-    """Cut each completion into items, parse each item with `listfmt.parse_line` and judge the list."""
+    """Cut each completion into items, parse each item with `listfmt.parse_line` and judge the list.
+
+    ``stop_ids`` (`models.load.stop_token_ids`) are the tokens that end a turn; any of them is the EOS
+    segment. Without them, the tokenizer's EOS."""
     ids, mask = pad_completions(completions, tokenizer.pad_token_id)
     breaks = newline_lookup(tokenizer)[ids.clamp(max=len(tokenizer) - 1)]
-    seg = rank_grpo.segment_ranks(breaks, ids == tokenizer.eos_token_id, mask, n_items)
+    stops = torch.tensor(stop_ids if stop_ids else [tokenizer.eos_token_id], dtype=torch.long)
+    seg = rank_grpo.segment_ranks(breaks, torch.isin(ids, stops), mask, n_items)
     rel = torch.zeros(len(completions), n_items)
-    emitted = in_cat = valid = 0
+    dup = torch.zeros(len(completions), n_items)
+    emitted = in_cat = valid = dups = clipped = 0
     lists: list[tuple[list[int], list]] = []
     for b in range(len(completions)):
         row, segs = ids[b].tolist(), seg[b].tolist()
@@ -80,9 +90,15 @@ def score(
     for b, ((keys, items), judged) in enumerate(zip(lists, judged_all, strict=True)):
         for pos, k in enumerate(keys):
             rel[b, k - 1] = judged.rel[pos]
+            dup[b, k - 1] = float(judged.status[pos] == DUP)
         emitted += len(items)
         in_cat += sum(s != OUT for s in judged.status)
+        dups += sum(s == DUP for s in judged.status)
         ended = bool((seg[b] == n_items + 2).any())
+        clipped += int(not ended)
         valid += int(ended and len(items) == n_items and all(it[0] for it in items))
     n = max(1, len(completions))
-    return Scored(ids, seg, rel, in_cat / max(1, emitted), emitted / n, valid / n)
+    lines = rank_grpo.overflow_lines(breaks & mask, seg, n_items)
+    return Scored(
+        ids, seg, rel, dup, lines, in_cat / max(1, emitted), emitted / n, valid / n, dups / max(1, emitted), clipped / n
+    )

@@ -20,8 +20,7 @@ import torch
 from convrec.constrained import CatalogConstraints, RowConstraint
 from convrec.errors import ConvrecError
 from convrec.generate import left_pad
-
-ENGINES = ("hf", "vllm")
+from convrec.train.config import ENGINES
 
 
 @dataclass(frozen=True)
@@ -31,6 +30,7 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 280
     prompts_per_batch: int = 4  # prompts whose G samples are generated together
+    stop_ids: tuple[int, ...] = ()  # every token that ends a turn (`models.load.stop_token_ids`); () = EOS
 
 
 class RolloutEngine(Protocol):
@@ -38,7 +38,8 @@ class RolloutEngine(Protocol):
         self, prompts: list[list[int]], cfg: SamplingConfig, rows: Sequence[RowConstraint] | None = None
     ) -> list[list[int]]:
         """len(prompts) × G completions, the G of a prompt consecutive; each holds the sampled ids,
-        ending with EOS when the model stopped, without padding. ``rows`` (one per prompt) asks for
+        ending with the stop token the model sampled (any of ``cfg.stop_ids``) when it stopped, never
+        one it did not sample, without padding. ``rows`` (one per prompt) asks for
         catalog-constrained sampling: every line a catalog item, none repeated or excluded."""
         ...
 
@@ -47,12 +48,18 @@ class RolloutEngine(Protocol):
         ...
 
 
-def _trim(row: list[int], eos: int, pad: int) -> list[int]:
-    if eos in row:
-        return row[: row.index(eos) + 1]
-    while row and row[-1] == pad and pad != eos:
+def _trim(row: list[int], stops: Sequence[int], pad: int) -> list[int]:
+    """Up to and including the first stop token; a row cut by the budget loses trailing padding only."""
+    first = next((i for i, t in enumerate(row) if t in stops), None)
+    if first is not None:
+        return row[: first + 1]
+    while row and row[-1] == pad and pad not in stops:
         row = row[:-1]
     return row
+
+
+def stops_of(cfg: SamplingConfig, tokenizer) -> list[int]:
+    return list(cfg.stop_ids) or [tokenizer.eos_token_id]
 
 
 def _cache_kwarg(model) -> str:
@@ -83,7 +90,7 @@ class HFEngine:
         model, tok = self.model, self.tokenizer
         was_training = model.training
         model.eval()
-        pad, eos, g = tok.pad_token_id, tok.eos_token_id, cfg.group_size
+        pad, stops, g = tok.pad_token_id, stops_of(cfg, tok), cfg.group_size
         out: list[list[int]] = []
         for start in range(0, len(prompts), cfg.prompts_per_batch):
             batch = prompts[start : start + cfg.prompts_per_batch]
@@ -115,10 +122,10 @@ class HFEngine:
                 top_k=0,
                 max_new_tokens=cfg.max_new_tokens,
                 pad_token_id=pad,
-                eos_token_id=eos,
+                eos_token_id=stops,
                 **kwargs,
             )
-            out.extend(_trim(row, eos, pad) for row in seqs[:, width:].tolist())
+            out.extend(_trim(row, stops, pad) for row in seqs[:, width:].tolist())
         if was_training:
             model.train()
         return out
@@ -172,19 +179,17 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        stops = list(cfg.stop_ids) or [self.llm.get_tokenizer().eos_token_id]
         params = SamplingParams(
-            n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens
+            n=cfg.group_size,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_new_tokens,
+            stop_token_ids=stops,  # vLLM stops on the model's EOS too; either stays in token_ids
         )
         results = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        eos = self.llm.get_tokenizer().eos_token_id
-        out = []
-        for r in results:
-            for c in r.outputs:
-                ids = list(c.token_ids)
-                if c.finish_reason == "stop" and (not ids or ids[-1] != eos):
-                    ids.append(eos)  # vLLM leaves the EOS out; the loss wants it
-                out.append(ids)
-        return out
+        # token_ids are exactly what was sampled, the stop token included: nothing is appended
+        return [list(c.token_ids) for r in results for c in r.outputs]
 
 
 def make_engine(

@@ -18,6 +18,7 @@ from convrec.data import item_lists
 from convrec.errors import ConvrecError
 from convrec.generate import encode_prompt
 from convrec.listfmt import format_list
+from convrec.models.load import turn_end_id
 
 IGNORE = -100
 
@@ -44,9 +45,8 @@ def encode(
 ) -> Encoded:
     if samples.height == 0:
         raise ConvrecError("no training samples: the SFT set or train split is empty")
-    completions = [
-        tokenizer(format_list(t) + tokenizer.eos_token, add_special_tokens=False)["input_ids"] for t in targets
-    ]
+    stop = turn_end_id(tokenizer)  # the token the chat template ends a reply with: what the model must stop with
+    completions = [tokenizer(format_list(t), add_special_tokens=False)["input_ids"] + [stop] for t in targets]
     longest = max(len(c) for c in completions)
     if longest >= max_length - 16:
         raise ConvrecError(f"target lists need {longest} tokens but the context is {max_length}: raise --max-length")
