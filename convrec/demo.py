@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from convrec import artifacts
+from convrec.cli.config import option_names  # a leaf module: the plan's flags, spelt as the config file spells them
 from convrec.errors import ConvrecError
 
 STATE_FILE = "demo.json"
@@ -54,6 +55,8 @@ ROWS = {
     "sft_grpo": "SFT + GRPO",
     "sft_rank_grpo": "SFT + Rank-GRPO",
 }
+TRAINED = ("sft", "sft_grpo", "sft_rank_grpo")
+RL_ROWS = ("sft_grpo", "sft_rank_grpo")
 
 
 @dataclass
@@ -116,7 +119,7 @@ def plan(opts: Options) -> list[Step]:
                 outputs=[pred / f"{kind}.parquet"],
             )
         )
-    stage1 = {"teacher": teacher, "seed": opts.seed}
+    stage1 = {"teacher": teacher, "seed": opts.seed, "tune": True}  # β, λ chosen on val: never below the raw lists
     steps += [
         Step(
             "remap",
@@ -204,9 +207,15 @@ def plan(opts: Options) -> list[Step]:
     steps += [
         Step(
             "eval",
-            "Recall/NDCG@k on test",
+            "Recall/NDCG@k on test, 95 % intervals, paired differences against co-occurrence",
             ["eval"],
-            {"data": data, "split": "test", "k": "5,10,20", "json": out / "metrics.json"},
+            {
+                "data": data,
+                "split": "test",
+                "k": "5,10,20",
+                "json": out / "metrics.json",
+                "baseline": pred / "cooc.parquet",
+            },
             args=[str(pred / f"{stem}.parquet") for stem in ROWS],
             outputs=[out / "metrics.json"],
         ),
@@ -227,8 +236,6 @@ def argv(step: Step, opts: Options, root) -> list[str]:
     cmd = root
     for part in step.command:
         cmd = cmd.commands[part]
-    from convrec.cli.config import option_names
-
     params, names = {p.name: p for p in cmd.params}, option_names(cmd)
     from_config = configured(opts, step.command)
     flags = {**{k: v for k, v in step.tunable.items() if names.get(k) not in from_config}, **step.fixed}
@@ -259,14 +266,14 @@ def _load_state(out: Path) -> dict:
     return state
 
 
-def run(opts: Options, console, restart: bool = False) -> dict:
-    """Run (or continue) the plan; returns the state: per-step seconds, the steps run now, the wall time."""
+def run(opts: Options, console, root, restart: bool = False) -> dict:
+    """Run (or continue) the plan with ``root``, the `convrec` click command tree (each step is
+    ``root.main(words)``, as on the command line); returns the state: per-step seconds, the steps
+    run now, the wall time."""
     from rich.markup import escape
 
-    from convrec.cli.main import app, click_root
     from convrec.train import checkpoint, distributed
 
-    root = click_root()
     out = opts.out
     if out.exists() and not out.is_dir():
         raise ConvrecError(f"--out {out}: exists and is not a folder")
@@ -301,7 +308,7 @@ def run(opts: Options, console, restart: bool = False) -> dict:
             if step.run_dir is not None and opts.nproc > 1:  # sft / rl in N processes (DeepSpeed from the config)
                 code = subprocess.run(distributed.torchrun_command(opts.nproc, *words)).returncode
             else:
-                code = app(args=words, standalone_mode=False, prog_name="convrec")
+                code = root.main(args=words, standalone_mode=False, prog_name="convrec")
         except ConvrecError as e:
             raise ConvrecError(
                 f"demo step '{step.key}' failed: {e} (fix it, then rerun the same demo command to continue here)"
@@ -319,8 +326,29 @@ def run(opts: Options, console, restart: bool = False) -> dict:
     return state
 
 
-def final_rows(metrics_json: Path) -> list[tuple[str, dict]]:
-    """(label, summary) per prediction file of the eval JSON, in the table's order."""
+def final_rows(metrics_json: Path, data: Path | None = None) -> list[tuple[str, dict]]:
+    """(label, summary) per prediction file of the eval JSON, in the table's order. With ``data``
+    (the folder the predictions were scored on), each RL row also gets `paired_vs_sft`: its paired
+    NDCG/Recall@20 difference against the SFT row on the same test samples (the eval step's
+    `--baseline` is co-occurrence)."""
     results = json.loads(Path(metrics_json).read_text())["results"]
+    by_path = {Path(p).stem: Path(p) for p in results}
     by_stem = {Path(p).stem: s for p, s in results.items()}
+    if data is not None and "sft" in by_path and all(r in by_path for r in RL_ROWS):
+        for stem, paired in paired_against(data, [by_path[r] for r in RL_ROWS], by_path["sft"]).items():
+            by_stem[stem]["paired_vs_sft"] = paired
     return [(label, by_stem[stem]) for stem, label in ROWS.items() if stem in by_stem]
+
+
+def paired_against(data: Path, preds: list[Path], base: Path, split: str = "test") -> dict[str, dict]:
+    """stem → `convrec eval --baseline`'s paired differences at k = 20, computed by the same code."""
+    from convrec.data import load_split, open_catalog
+    from convrec.evaluation import EvalConfig, compare, evaluate
+
+    catalog, samples, cfg = open_catalog(data), load_split(data, split), EvalConfig(ks=(20,))
+
+    def rows(path: Path):
+        return evaluate(artifacts.read(path, artifacts.PREDICTIONS), samples, catalog, cfg)[1]
+
+    base_rows = rows(base)
+    return {p.stem: compare(rows(p), base_rows, cfg) for p in preds}

@@ -102,6 +102,17 @@ def test_bad_input_is_one_line(tmp_path):
     assert_user_error(run_cli("demo", "--out", tmp_path / "o2"), "demo.json")
 
 
+def test_the_plan_imports_no_cli_app():
+    """No import circle: the plan is handed the click tree; it never imports `convrec.cli.main`
+    (which imports `cli/demo.py`, which imports the plan)."""
+    import subprocess
+    import sys
+
+    code = "import sys, convrec.demo, convrec.cli.demo; print([m for m in sys.modules if m.startswith('convrec.cli')])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "convrec.cli.main" not in out and "convrec.cli.config" in out
+
+
 TINY = """
 seed = 1
 [sft]
