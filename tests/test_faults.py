@@ -278,3 +278,21 @@ def test_sigint_cancels_queued_requests_and_keeps_the_answers(tmp_path: Path) ->
         assert answered <= len(cached) <= answered + 2  # in-flight answers may still have been stored
         served = {e["text"] for e in server.entries() if e.get("answered")}
         assert all(json.loads(f.read_text())["text"] in served for f in cached)  # whole answers, atomically
+
+
+# --- issue 15.1, downstream: sft leaves out what the teacher never answered ----------------------
+@pytest.mark.slow  # two sft CLI starts: 15 s idle, 45 s on a busy 2-core machine
+def test_sft_skips_samples_marked_unparseable(tmp_path: Path) -> None:
+    """Two cheap runs that stop before training: rows marked False are trained on, rows marked True are not."""
+    from convrec.models.tiny import init_model
+
+    data = small_world(tmp_path / "data")
+    init_model(data, tmp_path / "model")
+    train = pl.read_parquet(data / "train.parquet")
+    huge = [{"title": "Long " * 3000, "year": 2000}]  # a target no context holds: sft stops on it at once
+    sft_set = train.with_columns(pl.Series("ground_truth", [huge] * train.height, dtype=train["ground_truth"].dtype))
+    base = ["sft", "--data", data, "--model", tmp_path / "model", "--out", tmp_path / "run", "--max-steps", "1"]
+    sft_set.with_columns(pl.lit(False).alias("unparseable")).write_parquet(tmp_path / "kept.parquet")
+    assert_user_error(run_cli(*base, "--sft-set", tmp_path / "kept.parquet"), "--max-length")
+    sft_set.with_columns(pl.lit(True).alias("unparseable")).write_parquet(tmp_path / "marked.parquet")
+    assert_user_error(run_cli(*base, "--sft-set", tmp_path / "marked.parquet"), "no training samples")

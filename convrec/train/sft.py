@@ -85,6 +85,8 @@ def train(cfg: SFTConfig, console=None) -> dict:
 
     if cfg.sft_set:
         train_df = artifacts.read(cfg.sft_set, artifacts.SAMPLES)
+        if "unparseable" in train_df.columns:  # remap's mark: the teacher gave no list, even re-asked
+            train_df = train_df.filter(~train_df["unparseable"].fill_null(False))
         targets = item_lists(train_df["ground_truth"])
     else:
         train_df = load_split(cfg.data, "train")
