@@ -4,7 +4,8 @@
   An answer with no parseable list (prose, a refusal) is asked again, up to ``LIST_REASKS`` times,
   each time as a new request quoting the answer and the format (cached like any request, so a rerun
   re-asks from the cache and pays nothing); what still has no list is reported per conversation,
-  and remap marks those samples ``unparseable``, a mark reflect and adjust carry into the SFT set.
+  and remap marks those samples ``unparseable``: reflect and adjust carry the mark into the SFT
+  set, and sft leaves those rows out (eval keeps them: they are the teacher's own failures).
 - ``cooc``: the co-occurrence baseline written out as text (offline). On the train split it is
   fitted k-fold, so a conversation's list never comes from a model that saw its own answer.
 - ``synthetic``: on a synthetic world, an imitation of a real LLM. It believes a noisy version of
