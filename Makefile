@@ -32,6 +32,7 @@ bench:
 	$(BIN)/python bench/bench_serve.py
 	$(BIN)/python bench/bench_remap.py
 	$(BIN)/python bench/bench_rl.py
+	$(BIN)/python bench/bench_real_model.py
 
 # Bounded loopback load test of `convrec serve` (500 requests, 32 concurrent); exits 1 on any 5xx.
 loadtest:
