@@ -181,7 +181,8 @@ class CatalogLogitsProcessor(LogitsProcessor):
             mask[r].index_fill_(0, allowed, False)
             if dead:
                 mask[r, list(dead)] = True
-                if bool(mask[r].all()):  # cannot happen on a consistent trie; never leave a row without a token
+                # cannot happen on a consistent trie; never leave a row without a token (no pass over the vocabulary)
+                if len(dead) >= len(allowed) and dead.issuperset(allowed.tolist()):
                     mask[r, self.trie.eos] = False
         return scores.masked_fill(mask, float("-inf"))
 
