@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
@@ -99,26 +100,34 @@ def _paired(p: dict | None) -> str:
     return f"{d['diff']:+.4f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
-def _final_table(rows: list[tuple[str, dict]], trained: set[str]) -> Table:
-    """Recall/NDCG@5/10/20, NDCG@20's 95 % interval, and for the trained rows the paired difference
-    (bootstrap over the same test samples) against co-occurrence and, for the RL rows, against SFT."""
+def _final_table(rows: list[tuple[str, dict]], trained: set[str]) -> Group:
+    """Two tables that each fit a terminal: Recall/NDCG@5/10/20 per row; then NDCG@20 with its 95 %
+    interval and, for the trained rows, the paired difference (bootstrap over the same test
+    samples) against co-occurrence and, for the RL rows, against SFT."""
     ks = (5, 10, 20)
-    table = Table(title="test split (from metrics.json): 95 % intervals, paired differences of NDCG@20")
-    table.add_column("model")
+    metrics = Table(title="test split (from metrics.json)")
+    metrics.add_column("model", no_wrap=True)
     for name in ("R", "N"):
         for k in ks:
-            table.add_column(f"{name}@{k}", justify="right")
-    for col in ("N@20 95 % interval", "Δ N@20 vs co-occurrence", "Δ N@20 vs SFT", "in-catalog"):
-        table.add_column(col, justify="right")
+            metrics.add_column(f"{name}@{k}", justify="right")
+    metrics.add_column("in-catalog", justify="right")
+    spread = Table(title="NDCG@20: 95 % interval; paired difference [95 % interval]")
+    spread.add_column("model", no_wrap=True)
+    for col in ("N@20", "interval", "vs co-occurrence", "vs SFT"):
+        spread.add_column(col, justify="right")
     for label, s in rows:
-        mine = label in trained
-        table.add_row(
+        metrics.add_row(
             label,
             *[f"{s[f'recall@{k}']:.4f}" for k in ks],
             *[f"{s[f'ndcg@{k}']:.4f}" for k in ks],
+            f"{s['in_catalog']:.1%}",
+        )
+        mine = label in trained
+        spread.add_row(
+            label,
+            f"{s['ndcg@20']:.4f}",
             _interval(s.get("intervals", {}).get("ndcg@20")),
             _paired(s.get("paired_vs_baseline")) if mine else "",
             _paired(s.get("paired_vs_sft")) if mine else "",
-            f"{s['in_catalog']:.1%}",
         )
-    return table
+    return Group(metrics, spread)
