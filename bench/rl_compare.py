@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--no-best", action="store_true", help="evaluate each run's last policy only")
     ap.add_argument("extra", nargs="*", help="extra `convrec rl` flags, after --")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,8 @@ def main() -> None:
     jobs = [(Path(args.init), args.out / "test_sft")]
     for level, mu, seed in plan:
         name = f"{level}_mu{mu}_s{seed}"
-        jobs += [(args.out / name / ck, args.out / f"test_{name}_{ck}") for ck in ("last", "best")]
+        cks = ("last",) if args.no_best else ("last", "best")
+        jobs += [(args.out / name / ck, args.out / f"test_{name}_{ck}") for ck in cks]
     with ThreadPoolExecutor(args.parallel) as pool:  # each job is its own process
         list(pool.map(lambda j: test_metrics(j[0], args.data, j[1]), jobs))
     sft = test_metrics(Path(args.init), args.data, args.out / "test_sft")
@@ -108,7 +110,7 @@ def main() -> None:
         vals = [r["val_ndcg@20"] for r in recs if "val_ndcg@20" in r]
         incat = [r["in_catalog"] for r in recs if "in_catalog" in r and "loss" in r]
         last = test_metrics(run / "last", args.data, args.out / f"test_{run.name}_last")
-        best = test_metrics(run / "best", args.data, args.out / f"test_{run.name}_best")
+        best = last if args.no_best else test_metrics(run / "best", args.data, args.out / f"test_{run.name}_best")
         table.add_row(
             run.name,
             f"{last['ndcg@20']:.4f}",

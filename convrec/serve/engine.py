@@ -126,6 +126,7 @@ class Engine:
         self.n_items, self.max_prompt_tokens = n_items, max_prompt_tokens
         self.max_batch, self.batch_wait_s, self.max_queue = max_batch, batch_wait_s, max_queue
         self.constraints = CatalogConstraints(tokenizer, catalog)
+        self.stops = stop_token_ids(tokenizer, model)  # any token that ends the model's turn
         self.mentions = MentionFinder(catalog)
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.batches = 0
@@ -217,7 +218,7 @@ class Engine:
         constrained = any(j.constraint is not None for j in jobs)
         proc = self.constraints.processor([j.constraint for j in jobs]) if constrained else None
         logp = _LogSoftmax()
-        stops = stop_token_ids(tok, self.model)
+        stops = self.stops
         stopper = _RowStopper(jobs, logp, stops)
         first = jobs[0]
         out = self.model.generate(
