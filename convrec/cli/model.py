@@ -24,12 +24,7 @@ def init_command(
 
     with console.status("training the tokenizer and building the model"):
         info = init_model(data, out, size=size, seed=seed)
-    table = Table(title=f"model written to {out}")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    for k, v in info.items():
-        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
-    console.print(table)
+    _print_summary(info, out)
 
 
 @app.command("import")
@@ -59,6 +54,10 @@ def import_command(
         labels = [catalog.label(r) for r in range(len(catalog))]
     with console.status(f"importing {source}"):
         info = import_model(source, out, dtype=dtype, template=chat_template, catalog_labels=labels)
+    _print_summary(info, out)
+
+
+def _print_summary(info: dict, out: Path) -> None:
     table = Table(title=f"model written to {out}")
     table.add_column("what")
     table.add_column("value", justify="right")

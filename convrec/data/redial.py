@@ -289,6 +289,15 @@ def _dedupe(items: list[Item]) -> list[Item]:
     return out
 
 
+def _add_sample(cols: dict[str, list], row: _Row, messages: list[dict], seen: list[Item], new: list[Item]) -> None:
+    """One turn as one sample (each turn is its own prompt) in a split's columns."""
+    cols["sample_id"].append(f"{row.dialog_id}:{row.turn_id}")
+    cols["conversation_id"].append(f"{row.dialog_id}:{row.turn_id}")
+    cols["messages"].append(messages)
+    cols["seen"].append([{"title": t, "year": y} for t, y in seen])
+    cols["ground_truth"].append([{"title": t, "year": y} for t, y in new])
+
+
 def import_redial(
     path: str | Path, out: str | Path, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2
 ) -> ImportReport:
@@ -341,12 +350,7 @@ def import_redial(
         if not new:
             report.reject("ground truth only repeats movies already mentioned")
             continue
-        cols = samples[split_of(row.dialog_id, seed, val_fraction, test_fraction)]
-        cols["sample_id"].append(f"{row.dialog_id}:{row.turn_id}")
-        cols["conversation_id"].append(f"{row.dialog_id}:{row.turn_id}")  # each turn is its own prompt
-        cols["messages"].append(messages)
-        cols["seen"].append([{"title": t, "year": y} for t, y in seen])
-        cols["ground_truth"].append([{"title": t, "year": y} for t, y in new])
+        _add_sample(samples[split_of(row.dialog_id, seed, val_fraction, test_fraction)], row, messages, seen, new)
     if n_unnamed:
         report.reject("rec id without a movie name (counted per id, dropped)", n_unnamed)
 
@@ -399,11 +403,7 @@ def _import_yearless(
             report.reject("ground truth only repeats movies already mentioned")
             continue
         cols = samples[split_of(row.dialog_id, seed, val_fraction, test_fraction)]
-        cols["sample_id"].append(f"{row.dialog_id}:{row.turn_id}")
-        cols["conversation_id"].append(f"{row.dialog_id}:{row.turn_id}")
-        cols["messages"].append(messages)
-        cols["seen"].append([{"title": t, "year": None} for t, _ in seen])
-        cols["ground_truth"].append([{"title": t, "year": None} for t, _ in new])
+        _add_sample(cols, row, messages, [(t, None) for t, _ in seen], [(t, None) for t, _ in new])
     if n_unnamed:
         report.reject("rec id without a movie name (counted per id, dropped)", n_unnamed)
     catalog, cat_report = catalog_frame(dict.fromkeys(known), str(path), require_year=False)
