@@ -221,3 +221,26 @@ class FlakyServer:
             self.count("judge out of range")
             ratings["1"] = 5
         return "```json\n" + json.dumps({"ratings": ratings}) + "\n```"
+
+
+def client_config(base_url: str, cache, **kw):
+    """An LLMConfig for the fake server: no real key, short timeouts and backoff, cache and usage log
+    under ``cache``; ``kw`` overrides (each suite sets its own concurrency and retries)."""
+    from convrec.llm.client import LLMConfig
+
+    base = dict(
+        model="fake-gpt",
+        base_url=base_url,
+        api_key_env="CONVREC_TEST_NO_SUCH_KEY",
+        timeout=0.5,
+        backoff=0.01,
+        max_backoff=0.05,
+        cache_dir=cache,
+        usage_log=cache / "usage.jsonl",
+    )
+    return LLMConfig(**{**base, **kw})
+
+
+def list_requests(n: int) -> list[list[dict]]:
+    """n distinct one-turn conversations asking for a list."""
+    return [[{"role": "user", "content": f"conversation {i}: recommend 20 movies"}] for i in range(n)]

@@ -23,7 +23,7 @@ from convrec.llm.client import DEAD_AFTER, LLMClient, LLMConfig, cache_key, requ
 from convrec.pipeline import teachers
 from convrec.prompts import LIST_REASK, build_messages
 from tests.conftest import assert_user_error, run_cli
-from tests.fake_openai import PROSE, FlakyServer, messages_key
+from tests.fake_openai import PROSE, FlakyServer, client_config, list_requests, messages_key
 from tests.stage1_data import small_world
 
 TITLES = [f"Film Number {i} ({1950 + i})" for i in range(40)]
@@ -31,23 +31,10 @@ KEY_ENV = "CONVREC_TEST_NO_SUCH_KEY"
 
 
 def _cfg(base_url: str, cache: Path, **kw) -> LLMConfig:
-    base = dict(
-        model="fake-gpt",
-        base_url=base_url,
-        api_key_env=KEY_ENV,
-        concurrency=4,
-        timeout=0.5,
-        max_retries=8,
-        backoff=0.01,
-        max_backoff=0.05,
-        cache_dir=cache,
-        usage_log=cache / "usage.jsonl",
-    )
-    return LLMConfig(**{**base, **kw})
+    return client_config(base_url, cache, **{"api_key_env": KEY_ENV, "concurrency": 4, "max_retries": 8, **kw})
 
 
-def _requests(n: int) -> list[list[dict]]:
-    return [[{"role": "user", "content": f"conversation {i}: recommend 20 movies"}] for i in range(n)]
+_requests = list_requests
 
 
 def _usage_log(cache: Path) -> list[dict]:

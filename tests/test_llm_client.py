@@ -17,30 +17,17 @@ from convrec.llm.client import LLMClient, LLMConfig, require_all
 from convrec.pipeline.common import conversations
 from convrec.prompts import build_messages
 from tests.conftest import assert_user_error, run_cli
-from tests.fake_openai import FlakyServer
+from tests.fake_openai import FlakyServer, client_config, list_requests
 from tests.stage1_data import small_world
 
 TITLES = [f"Film Number {i} ({1950 + i})" for i in range(40)]
 
 
 def _cfg(server: FlakyServer, cache: Path, **kw) -> LLMConfig:
-    base = dict(
-        model="fake-gpt",
-        base_url=server.base_url,
-        api_key_env="CONVREC_TEST_NO_SUCH_KEY",
-        concurrency=8,
-        timeout=0.5,
-        max_retries=12,
-        backoff=0.01,
-        max_backoff=0.05,
-        cache_dir=cache,
-        usage_log=cache / "usage.jsonl",
-    )
-    return LLMConfig(**{**base, **kw})
+    return client_config(server.base_url, cache, **{"concurrency": 8, "max_retries": 12, **kw})
 
 
-def _requests(n: int) -> list[list[dict]]:
-    return [[{"role": "user", "content": f"conversation {i}: recommend 20 movies"}] for i in range(n)]
+_requests = list_requests
 
 
 def test_retries_through_faults_and_a_rerun_pays_nothing(tmp_path: Path) -> None:
