@@ -20,7 +20,7 @@ def demo_command(
     config_file: Path | None = typer.Option(
         None,
         "--config",
-        help="Pipeline file (TOML/YAML, as for `convrec --config`): its [sft], [rl], [remap], ... settings "
+        help="Pipeline file (TOML/YAML, as for `convrec --config`): its \\[sft], \\[rl], \\[remap], ... settings "
         "override the demo's defaults; `data = DIR` runs on your own data instead of the synthetic world.",
     ),
     data: Path | None = typer.Option(

@@ -49,7 +49,7 @@ def _root(
     config_file: Path | None = typer.Option(
         None,
         "--config",
-        help="TOML or YAML file with every command's settings ([sft], [rl], [data.synth], ...); "
+        help="TOML or YAML file with every command's settings (\\[sft], \\[rl], \\[data.synth], ...); "
         "flags on the command line win.",
     ),
 ) -> None:
