@@ -83,10 +83,18 @@ def test_lora_sft_two_steps(sft_run):
     assert (sft_run / "last" / "model.safetensors").exists() and (sft_run / "last" / "adapter").is_dir()
 
 
-@pytest.mark.parametrize("mode", ["greedy", "sampled", "constrained"])
+MODES = {
+    "greedy": [],
+    "sampled": ["--sample", "--temperature", "0.8"],
+    "constrained": ["--constrained"],
+    "constrained_bf16": ["--constrained", "--dtype", "bfloat16"],  # bf16 weights: the fast CPU path
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 def test_generate_and_eval(gemma, sft_run, tmp_path, mode):
     _, data = gemma
-    extra = {"greedy": [], "sampled": ["--sample", "--temperature", "0.8"], "constrained": ["--constrained"]}[mode]
+    extra = MODES[mode]
     pred = tmp_path / "pred.parquet"
     proc = run_cli(
         *("generate", "--model", sft_run / "last", "--data", data, "--limit", "3", "--out", pred, *N, *extra), timeout=T
@@ -96,7 +104,7 @@ def test_generate_and_eval(gemma, sft_run, tmp_path, mode):
     proc = run_cli("eval", "--data", data, "--k", "3", *N, "--json", tmp_path / "m.json", pred, timeout=T)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "m.json").read_text())["results"][str(pred)]
-    if mode == "constrained":
+    if mode.startswith("constrained"):
         assert summary["in_catalog"] == 1.0  # over the emitted items (eval also counts the samples left out by --limit)
 
 

@@ -273,6 +273,14 @@ def test_generate_cli_constrained(world, tmp_path):
     assert all(len(parse_list(t)) == 3 and all(cat.lookup(*i) >= 0 for i in parse_list(t)) for t in texts)
 
 
+def test_generate_cli_bad_dtype(world, tmp_path):
+    data, model = world
+    args = ("generate", "--model", model, "--data", data, "--out", tmp_path / "p.parquet", "--dtype", "int8")
+    proc = subprocess.run([sys.executable, "-m", "convrec.cli.main", *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--dtype must be" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "p.parquet").exists()
+
+
 def test_engine_timeout_and_budget(lm, catalog):
     import asyncio
 

@@ -36,13 +36,14 @@ def serve_command(
     ),
 ) -> None:
     """Serve a recommender: OpenAI-compatible /v1/chat/completions, /v1/recommend and a web page at /."""
+    from convrec.models.load import check_dtype
+
     api_key = None
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env, "").strip()
         if not api_key:
             raise ConvrecError(f"--api-key-env {api_key_env}: that environment variable is unset or empty")
-    if dtype not in (None, "float32", "bfloat16", "float16"):
-        raise ConvrecError(f"--dtype must be float32, bfloat16 or float16, got '{dtype}'")
+    check_dtype(dtype)
     _check_port(host, port)
 
     import torch

@@ -80,6 +80,15 @@ def default_device():
     return torch.device("cpu")
 
 
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtype(dtype: str | None) -> None:
+    """A `--dtype` value (None = as saved) or a one-line error."""
+    if dtype not in (None, *WEIGHT_DTYPES):
+        raise ConvrecError(f"--dtype must be {', '.join(WEIGHT_DTYPES[:-1])} or {WEIGHT_DTYPES[-1]}, got '{dtype}'")
+
+
 def load_model(name_or_path: str | Path, *, dtype: str | None = None):
     """A causal LM in eval mode on `default_device()`. A local path that does not exist is a user
     error, not a hub lookup."""
