@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -44,12 +45,18 @@ def list_token_budget(tokenizer, catalog: Catalog, n_items: int) -> int:
     list's budget (generate, sft validation, rl rollouts), so no tokenizer's guess is hard-coded."""
     import numpy as np
 
+    return int(np.ceil(_line_tokens(tokenizer, catalog) * n_items)) + BUDGET_MARGIN
+
+
+@lru_cache(maxsize=8)  # validation asks again every few hundred steps: tokenise the catalog once
+def _line_tokens(tokenizer, catalog: Catalog) -> float:
+    import numpy as np
+
     labels = [catalog.label(r) for r in range(len(catalog))]
     if len(labels) > 20_000:  # a quantile does not need every line of a huge catalog
         labels = [labels[i] for i in np.linspace(0, len(labels) - 1, 20_000).astype(int)]
     lengths = [len(x) for x in tokenizer([f"{lb}\n" for lb in labels], add_special_tokens=False)["input_ids"]]
-    per_line = float(np.quantile(lengths, BUDGET_QUANTILE)) if lengths else 16.0
-    return int(np.ceil(per_line * n_items)) + BUDGET_MARGIN
+    return float(np.quantile(lengths, BUDGET_QUANTILE)) if lengths else 16.0
 
 
 def _encode(tokenizer, msgs: list[dict], n_items: int) -> list[int]:
