@@ -113,6 +113,50 @@ def kill_after_first_checkpoint(cmd: list[str], run: Path, *, cwd: Path | None =
     proc.wait()
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], env: dict, timeout: float) -> tuple[subprocess.Popen, str]:
+    """`convrec serve ARGS` on a free loopback port, once /health answers: (process, base URL)."""
+    import time
+
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "convrec.cli.main", "serve", *map(str, args), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}: {proc.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not come up in {timeout:.0f} s")
+        time.sleep(0.3)
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 20) -> str:
+    """Terminate a `start_server` process (kill it if it hangs) and return what it printed."""
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """Exit code 2, one line on stderr that mentions the needles, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)

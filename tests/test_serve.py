@@ -29,7 +29,7 @@ from convrec.generate import GenerationConfig, encode_prompts, generate_predicti
 from convrec.listfmt import format_list, parse_list
 from convrec.mentions import MentionFinder
 from convrec.metrics import SEEN, judge_list
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import assert_user_error, free_port, run_cli, start_server, stop_server
 
 try:  # openai's own HTTP client (httpx' successor, same API); older installs have httpx
     import httpx2 as httpx
@@ -77,41 +77,13 @@ def lm(world):
     return load_tokenizer(world[1]), load_model(world[1])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(world):
     data, model = world
-    port = free_port()
-    env = {**os.environ, KEY_ENV: KEY}
-    cmd = [sys.executable, "-m", "convrec.cli.main", "serve", "--model", str(model), "--catalog", str(data)]
-    cmd += ["--port", str(port), "--api-key-env", KEY_ENV, "--max-batch", "32", "--max-k", "50", "--threads", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not come up in 180 s")
-        time.sleep(0.3)
+    args = ["--model", model, "--catalog", data, "--api-key-env", KEY_ENV, "--max-batch", "32", "--max-k", "50"]
+    proc, url = start_server([*args, "--threads", "1"], {**os.environ, KEY_ENV: KEY}, timeout=180)
     yield url
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
+    out = stop_server(proc)
     assert "Traceback" not in out, out
 
 
