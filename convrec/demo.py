@@ -33,13 +33,13 @@ STATE_FILE = "demo.json"
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "small": {
         "data synth": {"size": "small"},
-        "model init": {"size": "tiny"},
+        "model init": {"size": "tiny", "item_tokens": True},
         "sft": {"max_steps": 500, "lr": 2e-3, "eval_every": 250, "val_samples": 50, "batch_size": 16},
         "rl": {"max_steps": 12, "lr": 2e-5, "eval_every": 12, "val_samples": 50, "group_size": 8},
     },
     "medium": {
         "data synth": {"size": "medium"},
-        "model init": {"size": "small"},
+        "model init": {"size": "small"},  # item tokens not yet measured on the medium world
         "sft": {"max_steps": 2000, "lr": 1e-3, "eval_every": 250, "val_samples": 200, "batch_size": 16},
         "rl": {"max_steps": 100, "lr": 2e-5, "eval_every": 25, "val_samples": 200, "group_size": 8},
     },
@@ -198,9 +198,10 @@ def plan(opts: Options) -> list[Step]:
         steps.append(
             Step(
                 f"generate-{stem.replace('_', '-')}",
-                f"greedy lists on test from runs/{model}",
+                f"greedy catalog-constrained lists on test from runs/{model}",
                 ["generate"],
                 {"model": runs / model, "data": data, "split": "test", "out": pred / f"{stem}.parquet"},
+                {"constrained": True},  # final lists: catalog items only, no repeats (`[generate]` may turn it off)
                 outputs=[pred / f"{stem}.parquet"],
             )
         )

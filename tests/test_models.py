@@ -152,3 +152,34 @@ def test_import_a_local_folder_keeps_its_template(tiny_model, tmp_path):
     assert "the model's own" in proc.stdout
     assert load_model(tmp_path / "m").dtype == torch.bfloat16
     assert load_tokenizer(tmp_path / "m").chat_template == load_tokenizer(path).chat_template
+
+
+def test_model_init_item_tokens(tiny_model, tmp_path):
+    """`--item-tokens`: every catalog line is one token, lists round-trip as text, the newline stays its
+    own token, mentions without a year keep their BPE spelling, constrained decoding writes items."""
+    from convrec.data import load_split, open_catalog
+    from convrec.generate import GenerationConfig, generate_predictions
+
+    plain, data = tiny_model
+    proc = run_cli("model", "init", "--data", data, "--out", tmp_path / "m", "--item-tokens")
+    assert proc.returncode == 0, proc.stderr
+    tok, base = load_tokenizer(tmp_path / "m"), load_tokenizer(plain)
+    catalog = open_catalog(data)
+    labels = [catalog.label(r) for r in range(len(catalog))]
+    assert len(tok) == len(base) + len(set(labels))  # the synthetic catalog: every item has a year
+    text = "\n".join(labels[:5]) + "\n"
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert len(ids) == 10 and tok.decode(ids) == text
+    title = catalog.titles[0]
+    assert (
+        tok(f"I loved {title}.", add_special_tokens=False).input_ids
+        == base(f"I loved {title}.", add_special_tokens=False).input_ids
+    )
+    model = load_model(tmp_path / "m")
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    samples = load_split(data, "test").head(2)
+    cfg = GenerationConfig(n_items=5, max_new_tokens=20, constrained=True)
+    preds = generate_predictions(model, tok, samples, cfg, catalog=catalog)
+    for text in preds["text"]:
+        lines = text.splitlines()
+        assert len(lines) == 5 and len(set(lines)) == 5 and set(lines) <= set(labels)

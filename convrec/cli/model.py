@@ -18,12 +18,15 @@ def init_command(
     out: Path = typer.Option(..., "--out", help="Model folder to write (save_pretrained layout)."),
     size: str = typer.Option("tiny", "--size", help="tiny (~2M parameters) or small (~6M)."),
     seed: int = typer.Option(0, "--seed", help="Initialisation seed."),
+    item_tokens: bool = typer.Option(
+        False, "--item-tokens/--no-item-tokens", help="Give every catalog line `Title (Year)` one token of its own."
+    ),
 ) -> None:
     """A tiny Llama-family model from scratch: locally trained BPE tokenizer, chat template, random weights."""
     from convrec.models.tiny import init_model
 
     with console.status("training the tokenizer and building the model"):
-        info = init_model(data, out, size=size, seed=seed)
+        info = init_model(data, out, size=size, seed=seed, item_tokens=item_tokens)
     _print_summary(info, out)
 
 
