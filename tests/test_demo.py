@@ -57,6 +57,11 @@ def test_wiring_sizes_and_levels(tmp_path):
     assert _flag(a["rank-grpo"], "--init") == f"{out}/runs/sft/best"
     assert "--ground-truth-first" in a["adjust"]
     assert _flag(a["teacher-test"], "--split") == "test" and _flag(a["remap"], "--split") == "train"
+    # the small student has one token per catalog line; trained rows' final lists are constrained
+    assert "--item-tokens" in a["model-init"]
+    assert all("--constrained" in a[k] for k in ("generate-sft", "generate-sft-grpo", "generate-sft-rank-grpo"))
+    off = _argv(_opts(tmp_path, text="[generate]\nconstrained = false\n"))
+    assert "--constrained" not in off["generate-sft"]
     m = _argv(_opts(tmp_path, size="medium"))
     assert _flag(m["synth"], "--size") == "medium" and int(_flag(m["sft"], "--max-steps")) > 300
 
