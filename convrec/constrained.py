@@ -138,12 +138,23 @@ class _RowState:
         self.done = kind == _END
 
     def allowed(self, device: torch.device) -> tuple[torch.Tensor, set[int] | None]:
+        """The trie's child tokens here and the "dead" ones among them (to mask again)."""
         trie = self.trie
         left = len(trie) - self.n_blocked  # items still allowed, the one being written included
         if self.done or (self.node == 0 and (len(self.items) >= self.k or left <= 0)):
             return trie.eos_only(device), None
         last = len(self.items) + 1 >= self.k or left <= 1
         return trie.allowed(self.node, last, device), self.dead.get(self.node)
+
+    def open(self, row_mask: torch.Tensor) -> None:
+        """Clears ``row_mask`` (V,), True = masked, at the tokens this row may write next."""
+        allowed, dead = self.allowed(row_mask.device)
+        row_mask.index_fill_(0, allowed, False)
+        if dead:
+            row_mask[list(dead)] = True
+            # cannot happen on a consistent trie; never leave a row without a token (no pass over the vocabulary)
+            if len(dead) >= len(allowed) and dead.issuperset(allowed.tolist()):
+                row_mask[self.trie.eos] = False
 
     @property
     def at_line_start(self) -> bool:
@@ -177,13 +188,7 @@ class CatalogLogitsProcessor(LogitsProcessor):
             if state is None:
                 mask[r] = False
                 continue
-            allowed, dead = state.allowed(scores.device)
-            mask[r].index_fill_(0, allowed, False)
-            if dead:
-                mask[r, list(dead)] = True
-                # cannot happen on a consistent trie; never leave a row without a token (no pass over the vocabulary)
-                if len(dead) >= len(allowed) and dead.issuperset(allowed.tolist()):
-                    mask[r, self.trie.eos] = False
+            state.open(mask[r])
         return scores.masked_fill(mask, float("-inf"))
 
     def finish(self, sequences: torch.Tensor) -> None:
@@ -197,6 +202,23 @@ class CatalogLogitsProcessor(LogitsProcessor):
         """Whether the row stopped between lines (not cut mid-line by the token budget)."""
         state = self.rows[row]
         return state is None or state.at_line_start
+
+
+def replay(trie: CatalogTrie, spec: RowConstraint, tokens: Sequence[int]) -> list[torch.Tensor]:
+    """The token ids the processor allowed before each of ``tokens``: a constrained sample's walk
+    replayed, so a loss can score it under the masked policy it was drawn from,
+    π_c(x_t | x_<t) = π(x_t | x_<t) / Σ_{v allowed at t} π(v | x_<t)."""
+    state = _RowState(trie, spec)
+    row = torch.empty(trie.vocab_size, dtype=torch.bool)
+    out = []
+    for t, tok in enumerate(tokens):
+        row.fill_(True)
+        state.open(row)
+        if tok >= trie.vocab_size or row[tok]:
+            raise ConvrecError(f"token {tok} at position {t} is outside the catalog constraint it was sampled under")
+        out.append((~row).nonzero().squeeze(1))
+        state.advance(tok)
+    return out
 
 
 class CatalogConstraints:
@@ -217,6 +239,9 @@ class CatalogConstraints:
 
     def processor(self, constraints: Sequence[RowConstraint | None]) -> CatalogLogitsProcessor:
         return CatalogLogitsProcessor(self.trie, constraints)
+
+    def replay(self, spec: RowConstraint, tokens: Sequence[int]) -> list[torch.Tensor]:
+        return replay(self.trie, spec, tokens)
 
     def max_new_tokens(self, k: int) -> int:
         """A token budget that always fits k complete lines."""

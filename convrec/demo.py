@@ -34,9 +34,25 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "small": {
         "data synth": {"size": "small"},
         "model init": {"size": "tiny", "item_tokens": True},
-        "sft": {"max_steps": 500, "lr": 2e-3, "eval_every": 250, "val_samples": 50, "batch_size": 16},
-        # item-token rollouts are short: 60 steps take ~77 s on 2 cores (12 BPE-list steps took 38 s)
-        "rl": {"max_steps": 60, "lr": 1e-4, "eval_every": 60, "val_samples": 50, "group_size": 8},
+        # validation, RL rollouts and the final lists all use the catalog-constrained lists served
+        "sft": {
+            "max_steps": 500,
+            "lr": 2e-3,
+            "eval_every": 250,
+            "val_samples": 50,
+            "batch_size": 16,
+            "val_constrained": True,
+        },
+        # item-token rollouts are short: 60 steps take ~95 s on 2 cores (12 BPE-list steps took 38 s)
+        "rl": {
+            "max_steps": 60,
+            "lr": 1e-4,
+            "eval_every": 60,
+            "val_samples": 50,
+            "group_size": 8,
+            "constrained_rollouts": True,
+            "val_constrained": True,
+        },
     },
     "medium": {
         "data synth": {"size": "medium"},

@@ -191,15 +191,24 @@ def metric_columns(ks: Sequence[int], measures: Sequence[str] = ("recall", "ndcg
 
 
 def validate_lists(
-    model, tokenizer, samples: pl.DataFrame, catalog: Catalog, n_items: int, max_prompt_tokens: int
+    model,
+    tokenizer,
+    samples: pl.DataFrame,
+    catalog: Catalog,
+    n_items: int,
+    max_prompt_tokens: int,
+    constrained: bool = False,
 ) -> dict:
     """Greedy lists for validation samples, judged by `evaluate` (what `convrec eval` reports); sft's and
-    rl's periodic validation. No intervals: a training curve needs the point estimates only."""
+    rl's periodic validation. No intervals: a training curve needs the point estimates only.
+    ``constrained``: the lists `generate --constrained` would write (catalog items, none twice)."""
     from convrec.generate import GenerationConfig, generate_predictions, list_token_budget
 
     budget = list_token_budget(tokenizer, catalog, n_items)
-    gen = GenerationConfig(n_items=n_items, max_new_tokens=budget, max_prompt_tokens=max_prompt_tokens)
-    preds = generate_predictions(model, tokenizer, samples, gen)
+    gen = GenerationConfig(
+        n_items=n_items, max_new_tokens=budget, max_prompt_tokens=max_prompt_tokens, constrained=constrained
+    )
+    preds = generate_predictions(model, tokenizer, samples, gen, catalog=catalog)
     summary, _ = evaluate(preds, samples, catalog, EvalConfig(n_items=n_items, n_boot=0))
     model.train()
     keep = ("recall@5", "recall@20", "ndcg@5", "ndcg@20", "in_catalog", "format_valid", "mean_list_length")

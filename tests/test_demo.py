@@ -60,8 +60,12 @@ def test_wiring_sizes_and_levels(tmp_path):
     # the small student has one token per catalog line; trained rows' final lists are constrained
     assert "--item-tokens" in a["model-init"]
     assert all("--constrained" in a[k] for k in ("generate-sft", "generate-sft-grpo", "generate-sft-rank-grpo"))
-    off = _argv(_opts(tmp_path, text="[generate]\nconstrained = false\n"))
+    # ... and so are the RL rollouts (scored under the masked policy) and every validation
+    assert all("--constrained-rollouts" in a[k] and "--val-constrained" in a[k] for k in ("grpo", "rank-grpo"))
+    assert "--val-constrained" in a["sft"]
+    off = _argv(_opts(tmp_path, text="[generate]\nconstrained = false\n[rl]\nconstrained-rollouts = false\n"))
     assert "--constrained" not in off["generate-sft"]
+    assert "--constrained-rollouts" not in off["grpo"] and "--no-constrained-rollouts" not in off["grpo"]
     m = _argv(_opts(tmp_path, size="medium"))
     assert _flag(m["synth"], "--size") == "medium" and int(_flag(m["sft"], "--max-steps")) > 300
 

@@ -84,13 +84,20 @@ def test_baselines_run_in_the_same_loop(setup, tmp_path, level):
 
 
 def test_constrained_rollouts_stay_in_the_catalog(setup, tmp_path):
-    """--constrained-rollouts: every sampled line is a catalog item, so rollouts cannot drift."""
+    """--constrained-rollouts: every sampled line is a catalog item, so rollouts cannot drift; with
+    --val-constrained validation scores the constrained greedy lists generate would write."""
     run = tmp_path / "constrained"
-    proc = _rl(setup, run, 2, "--constrained-rollouts", "--max-new-tokens", "120", "--eval-every", "2")
+    proc = _rl(
+        setup, run, 2, "--constrained-rollouts", "--max-new-tokens", "120", "--eval-every", "2", "--val-constrained"
+    )
     assert proc.returncode == 0, proc.stderr
     steps = [r for r in _records(run) if "loss" in r]
     assert len(steps) == 2
     assert all(r["in_catalog"] == 1.0 and r["items_per_list"] == 4 and r["format_valid"] == 1.0 for r in steps)
+    assert all(
+        all(r[f"val_{k}"] == 1.0 for k in ("in_catalog", "format_valid")) for r in _records(run) if "val_ndcg@20" in r
+    )
+    assert json.loads((run / "config.json").read_text())["val_constrained"] is True
     bad = run_cli("rl", "--init", setup / "sft" / "best", "--data", setup / "data", "--out", tmp_path / "v",
                   "--engine", "vllm", "--constrained-rollouts")  # fmt: skip
     assert_user_error(bad, "--constrained-rollouts needs --engine hf")

@@ -6,9 +6,11 @@ import json
 
 import pytest
 import torch
+from transformers import LogitsProcessorList
 
 from convrec.catalog import Catalog
-from convrec.data import load_catalog, load_split
+from convrec.constrained import CatalogConstraints
+from convrec.data import load_catalog, load_split, open_catalog
 from convrec.errors import ConvrecError
 from convrec.generate import GenerationConfig, encode_prompts, generate_texts, left_pad, list_token_budget
 from convrec.models.load import load_model, load_tokenizer, stop_token_ids, turn_end_id
@@ -60,6 +62,43 @@ def test_logps_are_those_of_the_distribution_sampled(policy, temperature):
     assert int(mask.sum()) >= 4
     assert torch.allclose(at_t, expected, atol=1e-4)
     assert not torch.allclose(at_1, expected, atol=1e-2)  # scoring at T = 1 is another distribution
+
+
+def test_constrained_logps_are_those_of_the_masked_distribution_sampled(policy):
+    """With the replayed catalog masks, token_logps is log softmax of the masked scores generate sampled
+    from (π renormalised over the allowed tokens), not the unmasked policy's log-probability."""
+    world, tok, model = policy
+    constraints = CatalogConstraints(tok, open_catalog(world / "data"))
+    prompts = _prompts(world, tok)
+    ids, attn = left_pad(prompts, tok.pad_token_id)
+    rows = [constraints.row_constraint(4), constraints.row_constraint(4, [0, 1, 2])]
+    stops = stop_token_ids(tok, model)
+    torch.manual_seed(0)
+    out = model.generate(
+        input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.3, top_k=0, top_p=1.0,
+        max_new_tokens=constraints.max_new_tokens(4), pad_token_id=tok.pad_token_id, eos_token_id=stops,
+        logits_processor=LogitsProcessorList([constraints.processor(rows)]),
+        output_scores=True, return_dict_in_generate=True,
+    )  # fmt: skip
+    comp = out.sequences[:, ids.shape[1] :]
+    sampled = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).gather(-1, comp.unsqueeze(-1))
+    is_stop = torch.isin(comp, torch.tensor(stops))
+    ended = is_stop.long().cumsum(1)
+    mask = (ended == 0) | ((ended == 1) & is_stop)
+    allowed = [constraints.replay(r, c[m].tolist()) for r, c, m in zip(rows, comp, mask, strict=True)]
+    with torch.no_grad():
+        masked = token_logps(model, prompts, comp, mask, tok.pad_token_id, 1.3, allowed=allowed)[0]
+        plain = token_logps(model, prompts, comp, mask, tok.pad_token_id, 1.3)[0]
+    expected = torch.where(mask, sampled.squeeze(-1), 0.0)  # after the stop the mask leaves pad at −inf
+    assert bool(is_stop.any(1).all())  # both lists ended inside the budget
+    assert torch.allclose(masked, expected, atol=1e-4)
+    assert bool((plain[mask] <= masked[mask] + 1e-6).all()) and not torch.allclose(plain, expected, atol=1e-2)
+    # a token outside the mask is refused, not scored
+    bad = comp[1][mask[1]].tolist()
+    first = set(allowed[1][0].tolist())
+    bad[0] = next(t for t in range(len(tok)) if t not in first)
+    with pytest.raises(ConvrecError, match="outside the catalog constraint"):
+        constraints.replay(rows[1], bad)
 
 
 def test_first_on_policy_pass_has_ratio_one_at_low_temperature(sft_world, tmp_path):

@@ -77,6 +77,19 @@ def test_sft_trains_checkpoints_and_generates(setup, tmp_path):
     assert proc.returncode == 0 and "pred" in proc.stdout
 
 
+def test_val_constrained_scores_the_lists_generate_constrained_writes(setup, tmp_path):
+    """After 3 steps the greedy lists are not yet catalog lines; --val-constrained validates (and picks
+    RUN/best) on the catalog-constrained lists instead, which always are."""
+    plain, constrained = tmp_path / "plain", tmp_path / "constrained"
+    assert _sft(setup, plain, 3).returncode == 0
+    proc = _sft(setup, constrained, 3, "--val-constrained")
+    assert proc.returncode == 0, proc.stderr
+    (p,), (c,) = ([r for r in _losses(run) if "val_ndcg@20" in r] for run in (plain, constrained))
+    assert p["val_in_catalog"] < 1.0
+    assert c["val_in_catalog"] == 1.0 and c["val_format_valid"] == 1.0 and c["val_mean_list_length"] == 20
+    assert c["val_loss"] == pytest.approx(p["val_loss"])  # the same model: only the lists differ
+
+
 @pytest.mark.parametrize("extra", [[], ["--lora-r", "4"]], ids=["full", "lora"])
 def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, extra):
     common = ["--data", setup / "data", "--model", setup / "model", "--max-steps", "6", *SFT_ARGS, *extra]

@@ -57,11 +57,13 @@ def rl_command(
     constrained_rollouts: bool = typer.Option(
         D.constrained_rollouts,
         "--constrained-rollouts",
-        help="Sample only catalog items (hf engine). The loss scores them under the unmasked policy: a biased "
-        "gradient that also teaches the policy the catalog (see README).",
+        help="Sample only catalog items, none twice (hf engine); the loss scores them under that masked policy.",
     ),
     eval_every: int = typer.Option(D.eval_every, "--eval-every", help="Validate and checkpoint every N steps."),
     val_samples: int = typer.Option(D.val_samples, "--val-samples"),
+    val_constrained: bool = typer.Option(
+        D.val_constrained, "--val-constrained", help="Validate (and pick RUN/best) on catalog-constrained lists."
+    ),
     seed: int = typer.Option(D.seed, "--seed"),
     resume: bool = typer.Option(D.resume, "--resume", help="Continue exactly from RUN/last."),
     keep_last: int = typer.Option(D.keep_last, "--keep-last"),

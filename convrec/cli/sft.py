@@ -31,6 +31,9 @@ def sft_command(
     val_samples: int = typer.Option(
         D.val_samples, "--val-samples", help="Validation samples for loss and generated metrics."
     ),
+    val_constrained: bool = typer.Option(
+        D.val_constrained, "--val-constrained", help="Validate (and pick RUN/best) on catalog-constrained lists."
+    ),
     seed: int = typer.Option(D.seed, "--seed"),
     gradient_checkpointing: bool = typer.Option(D.gradient_checkpointing, "--gradient-checkpointing"),
     resume: bool = typer.Option(D.resume, "--resume", help="Continue exactly from RUN/last."),

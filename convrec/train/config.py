@@ -87,6 +87,7 @@ class SFTConfig:
     n_items: int = 20
     eval_every: int = 100
     val_samples: int = 100
+    val_constrained: bool = False  # validation (and RUN/best) on catalog-constrained greedy lists
     seed: int = 0
     gradient_checkpointing: bool = False
     resume: bool = False
@@ -130,11 +131,12 @@ class RLConfig:
     shaping_weight: str = Shaping.weight
     duplicate_penalty: float = 0.0  # λ_dup: a rank that repeats an earlier item earns −λ_dup (0: the paper's 0)
     engine: str = "hf"
-    # sample only catalog lines (trie-masked, no repeats, seen items excluded); the loss scores them under
-    # the unmasked policy (a biased gradient, measured in the README), so the policy learns to stay in the catalog
+    # sample only catalog lines (trie-masked, no repeats, seen items excluded); old, new and reference
+    # log-probs are those of the masked policy that drew them (what `generate --constrained` serves)
     constrained_rollouts: bool = False
     eval_every: int = 25
     val_samples: int = 100
+    val_constrained: bool = False  # validation (and RUN/best) on catalog-constrained greedy lists
     seed: int = 0
     resume: bool = False
     deepspeed: str | None = None

@@ -8,12 +8,16 @@ scored are gathered, and the output head runs over them in chunks of ``chunk_row
     log π(x_t | x_<t) = z[x_t] − logsumexp(z),  z = softcap(W h_{t−1}) / τ,
 
 with each chunk under activation checkpointing, so forward and backward hold one chunk's
-(rows × V) fp32 logits at a time, whatever the batch. ``softcap(z) = c·tanh(z / c)`` is Gemma's
+(rows × V) fp32 logits at a time, whatever the batch. With ``allowed`` (the token ids a
+constrained sampler allowed at each scored position) the logsumexp runs over those only: the
+log-probability under the masked policy the token was drawn from. ``softcap(z) = c·tanh(z / c)`` is Gemma's
 ``final_logit_softcapping`` (identity when the config has none), exactly what the model's own
 forward applies after its ``lm_head``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -37,19 +41,31 @@ def chunk_rows(vocab: int, budget: int = CHUNK_BYTES) -> int:
     return max(1, budget // (4 * vocab))
 
 
-def _chunk(h: torch.Tensor, tgt: torch.Tensor, head, softcap, temperature: float, entropy: bool):
+def _chunk(h: torch.Tensor, tgt: torch.Tensor, head, softcap, temperature: float, entropy: bool, masked=None):
     z = head(h).float()
     if softcap:
         z = torch.tanh(z / softcap) * softcap
     if temperature != 1.0:
         z = z / temperature
+    if masked is not None:
+        z = z.masked_fill(masked, float("-inf"))
     lse = torch.logsumexp(z, dim=-1)
     logp = z.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - lse
     if not entropy:
         return logp, None
-    with torch.no_grad():  # H = logsumexp(z) − Σ softmax(z)·z
-        ent = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+    with torch.no_grad():  # H = logsumexp(z) − Σ softmax(z)·z, over the allowed tokens
+        pz = torch.softmax(z, dim=-1) * z
+        ent = lse - (pz if masked is None else pz.masked_fill(masked, 0.0)).sum(-1)
     return logp, ent
+
+
+def _masked(allowed: Sequence[torch.Tensor], vocab: int, device) -> torch.Tensor:
+    """(rows, vocab) bool, True where a row's token is not allowed."""
+    lengths = torch.tensor([len(a) for a in allowed], device=device)
+    rows = torch.repeat_interleave(torch.arange(len(allowed), device=device), lengths)
+    m = torch.ones(len(allowed), vocab, dtype=torch.bool, device=device)
+    m[rows, torch.cat(list(allowed)).to(device)] = False
+    return m
 
 
 def selected_logps(
@@ -62,21 +78,27 @@ def selected_logps(
     temperature: float = 1.0,
     entropy: bool = False,
     rows: int | None = None,
+    allowed: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(input_ids[b, t] | input_ids[b, <t]) where ``score[b, t]`` (bool, B × T), else 0; and the
     per-position entropy of that next-token distribution (no grad) when ``entropy``.
 
-    ``score[:, 0]`` must be False (the first token has no prefix)."""
+    ``score[:, 0]`` must be False (the first token has no prefix). ``allowed``: one id tensor per
+    scored token, row by row (`constrained.replay`), to normalise over those ids only."""
     body, head, softcap = _head(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     where = score[:, 1:].nonzero(as_tuple=True)  # (b, t-1): the positions that predict a scored token
     h = hidden[:, :-1][where]
     tgt = input_ids[:, 1:][where]
-    step = rows or chunk_rows(head.weight.shape[0])
+    vocab = head.weight.shape[0]
+    step = rows or chunk_rows(vocab)
+    if allowed is not None and len(allowed) != h.shape[0]:
+        raise ValueError(f"allowed has {len(allowed)} entries for {h.shape[0]} scored tokens")
     grad = torch.is_grad_enabled() and h.requires_grad
     parts, ents = [], []
     for s in range(0, h.shape[0], step):
-        args = (h[s : s + step], tgt[s : s + step], head, softcap, temperature, entropy)
+        masked = None if allowed is None else _masked(allowed[s : s + step], vocab, h.device)
+        args = (h[s : s + step], tgt[s : s + step], head, softcap, temperature, entropy, masked)
         lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
         parts.append(lp)
         ents.append(ent)

@@ -45,9 +45,13 @@ def token_logps(
     pad_id: int,
     temperature: float = 1.0,
     amp: precision.Precision | None = None,
+    allowed: list[list[torch.Tensor]] | None = None,
 ):
     """log π_T(completion token | prefix) (B, T) and per-token entropy (B, T, no grad), where π_T is
     softmax(logits / T): the distribution the rollouts were sampled from (as TRL scores them).
+    Constrained rollouts pass ``allowed`` (per completion, the ids the catalog mask left at each
+    token: `CatalogConstraints.replay`), and π_T is renormalised over them, the masked policy
+    that sampled them.
 
     Prompts are left-padded so every completion starts at the same column; logits exist only for
     the completion positions, a chunk at a time (`logits.selected_logps`), which matters for real
@@ -57,8 +61,11 @@ def token_logps(
     attn = torch.cat([pmask, comp_mask.long()], dim=1)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     score = torch.cat([torch.zeros_like(pmask, dtype=torch.bool), comp_mask.bool()], dim=1)
+    flat = None if allowed is None else [a for row in allowed for a in row]
     with (amp or precision.resolve("fp32", model)).autocast():
-        logp, entropy = selected_logps(model, ids, attn, score, position_ids=pos, temperature=temperature, entropy=True)
+        logp, entropy = selected_logps(
+            model, ids, attn, score, position_ids=pos, temperature=temperature, entropy=True, allowed=flat
+        )
     t = comp_ids.shape[1]
     return logp[:, -t:] * comp_mask, entropy[:, -t:]
 
@@ -166,6 +173,10 @@ def train(cfg: RLConfig, console=None) -> dict:
                 tokenizer, completions, [gts[i] for i in rep], [seens[i] for i in rep], catalog, n, stops
             )
             prompt_rep = [prompts[j] for j in range(len(index)) for _ in range(cfg.group_size)]
+            allowed = None  # constrained rollouts: scored under the masked policy that drew them
+            if rows is not None:
+                rows_rep = [r for r in rows for _ in range(cfg.group_size)]
+                allowed = [constraints.replay(r, c) for r, c in zip(rows_rep, completions, strict=True)]
 
             # 2. rewards and advantages
             gain = rank_grpo.gains(scored.rel, scored.dup, cfg.duplicate_penalty)
@@ -181,14 +192,15 @@ def train(cfg: RLConfig, console=None) -> dict:
 
             # 3. reference log-probabilities (frozen SFT model), once per rollout batch
             t1 = time.perf_counter()
-            mb = cfg.micro_batch_size
+            mb, pad = cfg.micro_batch_size, tokenizer.pad_token_id
             slices = [slice(s, s + mb) for s in range(0, rollouts, mb)]
+            allowed_mb = [allowed[sl] if allowed else None for sl in slices]
             ref_logp = [None] * n_micro
             if ref is not None:
                 with torch.no_grad():
                     for j, sl in enumerate(slices):
                         ref_logp[j] = token_logps(
-                            ref, prompt_rep[sl], ids[sl], seg[sl] > 0, tokenizer.pad_token_id, cfg.temperature, amp
+                            ref, prompt_rep[sl], ids[sl], seg[sl] > 0, pad, cfg.temperature, amp, allowed_mb[j]
                         )[0]
 
             # 4. mu optimisation passes; pass 1 runs on the sampling policy, so its log-probs are π_old
@@ -201,7 +213,7 @@ def train(cfg: RLConfig, console=None) -> dict:
                 for j, sl in enumerate(slices):
                     mask = seg[sl] > 0
                     logp, entropy = token_logps(
-                        forward, prompt_rep[sl], ids[sl], mask, tokenizer.pad_token_id, cfg.temperature, amp
+                        forward, prompt_rep[sl], ids[sl], mask, pad, cfg.temperature, amp, allowed_mb[j]
                     )
                     if old_logp[j] is None:
                         old_logp[j] = logp.detach()
@@ -282,4 +294,4 @@ def train(cfg: RLConfig, console=None) -> dict:
 
 
 def validate(model, tokenizer, val_df, catalog: Catalog, cfg: RLConfig) -> dict:
-    return validate_lists(model, tokenizer, val_df, catalog, cfg.n_items, cfg.max_prompt_tokens)
+    return validate_lists(model, tokenizer, val_df, catalog, cfg.n_items, cfg.max_prompt_tokens, cfg.val_constrained)

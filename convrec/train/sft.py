@@ -165,5 +165,7 @@ def validate(model, tokenizer, val_df, val_enc, catalog, cfg: SFTConfig) -> dict
     loss = _val_loss(model, val_enc, tokenizer.pad_token_id, cfg.batch_size, precision.resolve(cfg.precision, model))
     return {
         "loss": loss,
-        **validate_lists(model, tokenizer, val_df, catalog, cfg.n_items, GenerationConfig.max_prompt_tokens),
+        **validate_lists(
+            model, tokenizer, val_df, catalog, cfg.n_items, GenerationConfig.max_prompt_tokens, cfg.val_constrained
+        ),
     }
