@@ -9,6 +9,7 @@ turn end next to `<eos>`): lists of 3 items, a handful of samples.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -105,21 +106,29 @@ def test_generate_and_eval(gemma, sft_run, tmp_path, mode):
         assert summary["in_catalog"] == 1.0  # over the emitted items (eval also counts the samples left out by --limit)
 
 
-@pytest.mark.parametrize("level", ["rank", "token", "sequence"])
+@pytest.mark.parametrize("level", ["rank", "token", "sequence", "rank-constrained"])
 def test_rl_one_step_per_level(gemma, sft_run, tmp_path, level):
+    """One step per level; rank-constrained samples catalog lines only and scores them under the masked
+    policy (262k-token masks replayed, Gemma's logit softcap), validating on constrained lists too."""
     _, data = gemma
     run = tmp_path / level
-    mu = ["--mu", "2"] if level == "rank" else []
+    extra = {"rank": ["--mu", "2"], "rank-constrained": ["--constrained-rollouts", "--val-constrained"]}
     proc = run_cli(
-        *("rl", "--init", sft_run / "last", "--data", data, "--out", run, "--level", level, "--max-steps", "1"),
+        *("rl", "--init", sft_run / "last", "--data", data, "--out", run, "--max-steps", "1"),
+        *("--level", level.removesuffix("-constrained")),
         *("--group-size", "2", "--prompts-per-step", "1", "--micro-batch-size", "2", "--val-samples", "1"),
-        *("--eval-every", "1", "--lr", "1e-6", *N, *mu),
+        *("--eval-every", "1", "--lr", "1e-6", *N, *extra.get(level, [])),
         timeout=T,
     )
     assert proc.returncode == 0, proc.stderr
-    step = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"reward_mean"' in ln]
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    step = [r for r in records if "reward_mean" in r]
     assert len(step) == 1 and step[0]["items_per_list"] > 0
     assert (run / "last" / "model.safetensors").exists()
+    if level == "rank-constrained":
+        assert step[0]["in_catalog"] == 1.0 and step[0]["duplicate_lines"] == 0.0
+        assert all(r["val_in_catalog"] == 1.0 for r in records if "val_in_catalog" in r)
+        assert all(math.isfinite(step[0][k]) for k in ("loss", "kl", "entropy"))  # no −inf from a masked token
 
 
 def test_serve_chat_and_constrained_recommend(gemma, sft_run):
