@@ -116,3 +116,21 @@ def test_chunked_logps_equal_the_full_logits(setup):
     assert torch.allclose(logp[:, 1:], want, atol=1e-5) and (logp[:, 0] == 0).all()
     want_ent = -(full.exp() * full).sum(-1) * score[:, 1:]
     assert torch.allclose(ent[:, 1:], want_ent, atol=1e-4)
+
+    # masked: normalised over each position's allowed ids only (constrained rollouts), across chunks
+    where = score[:, 1:].nonzero(as_tuple=True)
+    tgt = ids[:, 1:][where]
+    vocab = full.shape[-1]
+    allowed = [torch.unique(torch.cat([t[None], torch.randint(0, vocab, (5,), generator=g)])) for t in tgt]
+    model.zero_grad()
+    logp, ent = selected_logps(model, ids, attn, score, temperature=0.5, entropy=True, rows=7, allowed=allowed)
+    logp.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    z = full[where]  # log_softmax over the vocabulary; renormalising over a subset is the same as over logits
+    for i, (a, t) in enumerate(zip(allowed, tgt.tolist(), strict=True)):
+        sub = torch.log_softmax(z[i, a], -1)
+        b, col = where[0][i], where[1][i] + 1
+        assert torch.allclose(logp[b, col], sub[(a == t).nonzero()[0, 0]], atol=1e-5)
+        assert torch.allclose(ent[b, col], -(sub.exp() * sub).sum(), atol=1e-4)
+    with pytest.raises(ValueError, match="allowed has"):
+        selected_logps(model, ids, attn, score, allowed=allowed[:-1])
