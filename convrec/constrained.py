@@ -146,15 +146,14 @@ class _RowState:
         last = len(self.items) + 1 >= self.k or left <= 1
         return trie.allowed(self.node, last, device), self.dead.get(self.node)
 
-    def open(self, row_mask: torch.Tensor) -> None:
-        """Clears ``row_mask`` (V,), True = masked, at the tokens this row may write next."""
-        allowed, dead = self.allowed(row_mask.device)
-        row_mask.index_fill_(0, allowed, False)
-        if dead:
-            row_mask[list(dead)] = True
-            # cannot happen on a consistent trie; never leave a row without a token (no pass over the vocabulary)
-            if len(dead) >= len(allowed) and dead.issuperset(allowed.tolist()):
-                row_mask[self.trie.eos] = False
+    def next_ids(self, device: torch.device) -> torch.Tensor:
+        """The token ids this row may write next: the trie's children here minus the dead ones."""
+        allowed, dead = self.allowed(device)
+        if not dead:
+            return allowed
+        keep = allowed[~torch.isin(allowed, torch.tensor(sorted(dead), device=device))]
+        # cannot be empty on a consistent trie; never leave a row without a token (no pass over the vocabulary)
+        return keep if len(keep) else self.trie.eos_only(device)
 
     @property
     def at_line_start(self) -> bool:
@@ -188,7 +187,7 @@ class CatalogLogitsProcessor(LogitsProcessor):
             if state is None:
                 mask[r] = False
                 continue
-            state.open(mask[r])
+            mask[r].index_fill_(0, state.next_ids(scores.device), False)
         return scores.masked_fill(mask, float("-inf"))
 
     def finish(self, sequences: torch.Tensor) -> None:
@@ -202,23 +201,6 @@ class CatalogLogitsProcessor(LogitsProcessor):
         """Whether the row stopped between lines (not cut mid-line by the token budget)."""
         state = self.rows[row]
         return state is None or state.at_line_start
-
-
-def replay(trie: CatalogTrie, spec: RowConstraint, tokens: Sequence[int]) -> list[torch.Tensor]:
-    """The token ids the processor allowed before each of ``tokens``: a constrained sample's walk
-    replayed, so a loss can score it under the masked policy it was drawn from,
-    π_c(x_t | x_<t) = π(x_t | x_<t) / Σ_{v allowed at t} π(v | x_<t)."""
-    state = _RowState(trie, spec)
-    row = torch.empty(trie.vocab_size, dtype=torch.bool)
-    out = []
-    for t, tok in enumerate(tokens):
-        row.fill_(True)
-        state.open(row)
-        if tok >= trie.vocab_size or row[tok]:
-            raise ConvrecError(f"token {tok} at position {t} is outside the catalog constraint it was sampled under")
-        out.append((~row).nonzero().squeeze(1))
-        state.advance(tok)
-    return out
 
 
 class CatalogConstraints:
@@ -241,7 +223,19 @@ class CatalogConstraints:
         return CatalogLogitsProcessor(self.trie, constraints)
 
     def replay(self, spec: RowConstraint, tokens: Sequence[int]) -> list[torch.Tensor]:
-        return replay(self.trie, spec, tokens)
+        """The token ids the processor allowed before each of ``tokens``: a constrained sample's walk
+        replayed, so a loss can score it under the masked policy it was drawn from,
+        π_c(x_t | x_<t) = π(x_t | x_<t) / Σ_{v allowed at t} π(v | x_<t)."""
+        state, out = _RowState(self.trie, spec), []
+        for t, tok in enumerate(tokens):
+            ids = state.next_ids(torch.device("cpu"))
+            if not bool((ids == tok).any()):
+                raise ConvrecError(
+                    f"token {tok} at position {t} is outside the catalog constraint it was sampled under"
+                )
+            out.append(ids)
+            state.advance(tok)
+        return out
 
     def max_new_tokens(self, k: int) -> int:
         """A token budget that always fits k complete lines."""

@@ -39,26 +39,33 @@ def _prompts(world, tok, n=2):
     return encode_prompts(tok, msgs, 4, 512)
 
 
+def _sample(model, tok, prompts, temperature: float, stops: list[int], **generate_kwargs):
+    """Sampled completions, their mask (up to and including a stop token) and the log-probability of
+    each token under the scores generate sampled it from (after its temperature warper and processors)."""
+    ids, attn = left_pad(prompts, tok.pad_token_id)
+    torch.manual_seed(0)
+    out = model.generate(
+        input_ids=ids, attention_mask=attn, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+        pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True, **generate_kwargs,
+    )  # fmt: skip
+    comp = out.sequences[:, ids.shape[1] :]
+    sampled = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).gather(-1, comp.unsqueeze(-1))
+    is_stop = torch.isin(comp, torch.tensor(stops))
+    ended = is_stop.long().cumsum(1)
+    mask = (ended == 0) | ((ended == 1) & is_stop)
+    expected = torch.where(mask, sampled.squeeze(-1), 0.0)  # after a constrained stop the mask leaves pad at −inf
+    return comp, mask, expected, is_stop
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.3])
 def test_logps_are_those_of_the_distribution_sampled(policy, temperature):
     """token_logps at T equals log softmax(logits / T) that generate sampled each token from."""
     world, tok, model = policy
     prompts = _prompts(world, tok)
-    ids, attn = left_pad(prompts, tok.pad_token_id)
-    torch.manual_seed(0)
-    out = model.generate(
-        input_ids=ids, attention_mask=attn, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-        max_new_tokens=12, pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True,
-    )  # fmt: skip
-    comp = out.sequences[:, ids.shape[1] :]
-    # the scores generate sampled from (after its temperature warper), up to and including a stop token
-    sampled = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).gather(-1, comp.unsqueeze(-1))
-    ended = (comp == tok.eos_token_id).long().cumsum(1)
-    mask = (ended == 0) | ((ended == 1) & (comp == tok.eos_token_id))
+    comp, mask, expected, _ = _sample(model, tok, prompts, temperature, [tok.eos_token_id], max_new_tokens=12)
     with torch.no_grad():
         at_t = token_logps(model, prompts, comp, mask, tok.pad_token_id, temperature)[0]
         at_1 = token_logps(model, prompts, comp, mask, tok.pad_token_id)[0]
-    expected = sampled.squeeze(-1) * mask
     assert int(mask.sum()) >= 4
     assert torch.allclose(at_t, expected, atol=1e-4)
     assert not torch.allclose(at_1, expected, atol=1e-2)  # scoring at T = 1 is another distribution
@@ -70,26 +77,16 @@ def test_constrained_logps_are_those_of_the_masked_distribution_sampled(policy):
     world, tok, model = policy
     constraints = CatalogConstraints(tok, open_catalog(world / "data"))
     prompts = _prompts(world, tok)
-    ids, attn = left_pad(prompts, tok.pad_token_id)
     rows = [constraints.row_constraint(4), constraints.row_constraint(4, [0, 1, 2])]
     stops = stop_token_ids(tok, model)
-    torch.manual_seed(0)
-    out = model.generate(
-        input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.3, top_k=0, top_p=1.0,
-        max_new_tokens=constraints.max_new_tokens(4), pad_token_id=tok.pad_token_id, eos_token_id=stops,
+    comp, mask, expected, is_stop = _sample(
+        model, tok, prompts, 1.3, stops, max_new_tokens=constraints.max_new_tokens(4), eos_token_id=stops,
         logits_processor=LogitsProcessorList([constraints.processor(rows)]),
-        output_scores=True, return_dict_in_generate=True,
     )  # fmt: skip
-    comp = out.sequences[:, ids.shape[1] :]
-    sampled = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).gather(-1, comp.unsqueeze(-1))
-    is_stop = torch.isin(comp, torch.tensor(stops))
-    ended = is_stop.long().cumsum(1)
-    mask = (ended == 0) | ((ended == 1) & is_stop)
     allowed = [constraints.replay(r, c[m].tolist()) for r, c, m in zip(rows, comp, mask, strict=True)]
     with torch.no_grad():
         masked = token_logps(model, prompts, comp, mask, tok.pad_token_id, 1.3, allowed=allowed)[0]
         plain = token_logps(model, prompts, comp, mask, tok.pad_token_id, 1.3)[0]
-    expected = torch.where(mask, sampled.squeeze(-1), 0.0)  # after the stop the mask leaves pad at −inf
     assert bool(is_stop.any(1).all())  # both lists ended inside the budget
     assert torch.allclose(masked, expected, atol=1e-4)
     assert bool((plain[mask] <= masked[mask] + 1e-6).all()) and not torch.allclose(plain, expected, atol=1e-2)

@@ -84,7 +84,7 @@ def selected_logps(
     per-position entropy of that next-token distribution (no grad) when ``entropy``.
 
     ``score[:, 0]`` must be False (the first token has no prefix). ``allowed``: one id tensor per
-    scored token, row by row (`constrained.replay`), to normalise over those ids only."""
+    scored token, row by row (`CatalogConstraints.replay`), to normalise over those ids only."""
     body, head, softcap = _head(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     where = score[:, 1:].nonzero(as_tuple=True)  # (b, t-1): the positions that predict a scored token
