@@ -15,7 +15,8 @@ from convrec.errors import ConvrecError
 from convrec.generate import GenerationConfig, encode_prompts, generate_texts, left_pad, list_token_budget
 from convrec.models.load import load_model, load_tokenizer, stop_token_ids, turn_end_id
 from convrec.train import rl_rewards
-from convrec.train.rl import RLConfig, token_logps
+from convrec.train.logits import selected_logps
+from convrec.train.rl import RLConfig, shared_prompts, token_logps
 from convrec.train.rollout import HFEngine, SamplingConfig
 from convrec.train.sft import SFTConfig
 from convrec.train.sft import train as sft_train
@@ -55,6 +56,39 @@ def _sample(model, tok, prompts, temperature: float, stops: list[int], **generat
     mask = (ended == 0) | ((ended == 1) & is_stop)
     expected = torch.where(mask, sampled.squeeze(-1), 0.0)  # after a constrained stop the mask leaves pad at −inf
     return comp, mask, expected, is_stop
+
+
+def test_shared_prompt_logps_and_gradients_equal_full_sequences(policy):
+    """token_logps runs each group's prompt once and continues its completions from the cache; the
+    log-probs, entropies and parameter gradients equal scoring every full sequence on its own."""
+    world, tok, model = policy
+    prompts = list({tuple(p): p for p in _prompts(world, tok, 8)}.values())[:3]
+    assert len(prompts) == 3 and len({len(p) for p in prompts}) > 1  # distinct, and left padding is exercised
+    rows = [prompts[0]] * 2 + [prompts[1]] * 3 + [prompts[2]] + [prompts[0]]  # the last run repeats an earlier prompt
+    g = torch.Generator().manual_seed(0)
+    t = 9
+    comp = torch.randint(3, len(tok), (len(rows), t), generator=g)
+    mask = torch.arange(t)[None] < torch.tensor([9, 4, 7, 1, 9, 6, 3])[:, None]
+    comp = torch.where(mask, comp, tok.pad_token_id)
+
+    model.zero_grad()
+    logp, ent = token_logps(model, rows, comp, mask, tok.pad_token_id, 1.3)
+    (logp * torch.linspace(0.5, 2, t)).sum().backward()  # a weighting that reaches every position
+    shared = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad()
+    prompt, pmask = left_pad(rows, tok.pad_token_id)
+    ids, attn = torch.cat([prompt, comp], 1), torch.cat([pmask, mask.long()], 1)
+    score = torch.cat([torch.zeros_like(pmask, dtype=torch.bool), mask], 1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    full, full_ent = selected_logps(model, ids, attn, score, position_ids=pos, temperature=1.3, entropy=True)
+    (full[:, -t:] * torch.linspace(0.5, 2, t)).sum().backward()
+
+    assert shared_prompts(rows)[1].tolist() == [0, 0, 1, 1, 1, 2, 3]
+    assert torch.allclose(logp, full[:, -t:], atol=1e-5) and bool((logp[~mask] == 0).all())
+    assert torch.allclose(ent, full_ent[:, -t:], atol=1e-4)
+    for a, p in zip(shared, model.parameters(), strict=True):
+        assert torch.allclose(a, p.grad, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.3])

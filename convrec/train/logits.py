@@ -12,11 +12,13 @@ with each chunk under activation checkpointing, so forward and backward hold one
 constrained sampler allowed at each scored position) the logsumexp runs over those only: the
 log-probability under the masked policy the token was drawn from. ``softcap(z) = c·tanh(z / c)`` is Gemma's
 ``final_logit_softcapping`` (identity when the config has none), exactly what the model's own
-forward applies after its ``lm_head``.
+forward applies after its ``lm_head``. `prefix_logps` scores completions that continue shared
+prompts (a GRPO group's G samples of one conversation) with one decoder pass per prompt.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -68,6 +70,35 @@ def _masked(allowed: Sequence[torch.Tensor], vocab: int, device) -> torch.Tensor
     return m
 
 
+def _score(h, tgt, head, softcap, temperature: float, entropy: bool, rows: int | None, allowed):
+    """log π(tgt | h) (and the entropy) for gathered hidden states (N, H), a chunk of rows at a time."""
+    vocab = head.weight.shape[0]
+    step = rows or chunk_rows(vocab)
+    if allowed is not None and len(allowed) != h.shape[0]:
+        raise ValueError(f"allowed has {len(allowed)} entries for {h.shape[0]} scored tokens")
+    grad = torch.is_grad_enabled() and h.requires_grad
+    parts, ents = [], []
+    for s in range(0, h.shape[0], step):
+        masked = None if allowed is None else _masked(allowed[s : s + step], vocab, h.device)
+        args = (h[s : s + step], tgt[s : s + step], head, softcap, temperature, entropy, masked)
+        lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
+        parts.append(lp)
+        ents.append(ent)
+    flat = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    return flat, (torch.cat(ents) if entropy and ents else None)
+
+
+def _scatter(flat, ents, shape, where, entropy: bool):
+    """The flat scores back at their (b, t) positions, 0 elsewhere."""
+    logp = torch.zeros(shape, dtype=flat.dtype, device=flat.device).index_put(where, flat)
+    ent_full = None
+    if entropy:
+        ent_full = torch.zeros(shape, dtype=torch.float32, device=flat.device)
+        if ents is not None:
+            ent_full[where] = ents
+    return logp, ent_full
+
+
 def selected_logps(
     model,
     input_ids: torch.Tensor,
@@ -88,29 +119,54 @@ def selected_logps(
     body, head, softcap = _head(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     where = score[:, 1:].nonzero(as_tuple=True)  # (b, t-1): the positions that predict a scored token
-    h = hidden[:, :-1][where]
-    tgt = input_ids[:, 1:][where]
-    vocab = head.weight.shape[0]
-    step = rows or chunk_rows(vocab)
-    if allowed is not None and len(allowed) != h.shape[0]:
-        raise ValueError(f"allowed has {len(allowed)} entries for {h.shape[0]} scored tokens")
-    grad = torch.is_grad_enabled() and h.requires_grad
-    parts, ents = [], []
-    for s in range(0, h.shape[0], step):
-        masked = None if allowed is None else _masked(allowed[s : s + step], vocab, h.device)
-        args = (h[s : s + step], tgt[s : s + step], head, softcap, temperature, entropy, masked)
-        lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
-        parts.append(lp)
-        ents.append(ent)
-    flat = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
-    logp = torch.zeros(score.shape, dtype=flat.dtype, device=flat.device)
-    logp = logp.index_put((where[0], where[1] + 1), flat)
-    ent_full = None
-    if entropy:
-        ent_full = torch.zeros(score.shape, dtype=torch.float32, device=flat.device)
-        if ents:
-            ent_full[where[0], where[1] + 1] = torch.cat(ents)
-    return logp, ent_full
+    h, tgt = hidden[:, :-1][where], input_ids[:, 1:][where]
+    flat, ents = _score(h, tgt, head, softcap, temperature, entropy, rows, allowed)
+    return _scatter(flat, ents, score.shape, (where[0], where[1] + 1), entropy)
+
+
+def cache_kwarg(model) -> str:
+    """A model's name for its past cache: transformers 5.2x renamed ``past_key_values`` to ``cache``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def prefix_logps(
+    model,
+    prompt: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    index: torch.Tensor,
+    completion: torch.Tensor,
+    score: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    entropy: bool = False,
+    rows: int | None = None,
+    allowed: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`selected_logps` of completions that continue shared prompts: log π(completion[b, t] |
+    prompt[index[b]], completion[b, <t]) where ``score[b, t]`` (B × T), else 0.
+
+    ``prompt`` (U × L, left-padded) holds each distinct prompt once; ``index`` (B) names the prompt
+    of every completion; ``score`` marks each completion's tokens, a prefix of its row (right padding
+    after it is neither attended nor scored). The decoder runs over each prompt once and the
+    completions attend to its cached keys and values, gathered per row (`batch_select_indices`);
+    the gradient flows back through that cache into the one prompt pass, so the result and its
+    gradient are those of B full sequences, at U prompt passes instead of B (G× fewer for GRPO's
+    groups). Position ids count real tokens only, as `generate` assigns them."""
+    body, head, softcap = _head(model)
+    pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    pre = body(input_ids=prompt, attention_mask=prompt_mask, position_ids=pos, use_cache=True)
+    cache = pre.cache if hasattr(pre, "cache") else pre.past_key_values
+    cache.batch_select_indices(index)
+    attn = torch.cat([prompt_mask[index], score.long()], dim=1)
+    cpos = (attn.cumsum(-1) - 1).clamp(min=0)[:, prompt.shape[1] :]
+    hidden = body(
+        input_ids=completion, attention_mask=attn, position_ids=cpos, use_cache=True, **{cache_kwarg(body): cache}
+    ).last_hidden_state
+    # position t is predicted by the state before it: the prompt's last for t = 0, else completion t − 1
+    before = torch.cat([pre.last_hidden_state[:, -1:][index], hidden[:, :-1]], dim=1)
+    where = score.nonzero(as_tuple=True)
+    flat, ents = _score(before[where], completion[where], head, softcap, temperature, entropy, rows, allowed)
+    return _scatter(flat, ents, score.shape, where, entropy)
 
 
 def completion_loss(model, batch: dict[str, torch.Tensor], ignore: int = -100) -> tuple[torch.Tensor, int]:

@@ -26,7 +26,7 @@ from convrec.mentions import MentionFinder
 from convrec.models.load import load_model, load_tokenizer, stop_token_ids
 from convrec.train import checkpoint, distributed, precision, rank_grpo, rl_rewards, runlog
 from convrec.train.config import RLConfig
-from convrec.train.logits import selected_logps
+from convrec.train.logits import prefix_logps
 from convrec.train.rollout import SamplingConfig, make_engine
 
 CLIPPED_WARN = 0.05  # warn once when more rollouts than this are cut by the token budget
@@ -53,21 +53,30 @@ def token_logps(
     token: `CatalogConstraints.replay`), and π_T is renormalised over them, the masked policy
     that sampled them.
 
-    Prompts are left-padded so every completion starts at the same column; logits exist only for
-    the completion positions, a chunk at a time (`logits.selected_logps`), which matters for real
-    vocabularies. ``amp``: the run's compute precision (default fp32)."""
-    prompt, pmask = left_pad(prompt_ids, pad_id, comp_ids.device)
-    ids = torch.cat([prompt, comp_ids], dim=1)
-    attn = torch.cat([pmask, comp_mask.long()], dim=1)
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    score = torch.cat([torch.zeros_like(pmask, dtype=torch.bool), comp_mask.bool()], dim=1)
+    A group's G rows repeat one prompt: the decoder runs over it once and the G completions continue
+    from its cache (`logits.prefix_logps`); logits exist only for the completion positions, a chunk
+    at a time, which matters for real vocabularies. ``amp``: the run's compute precision (default fp32)."""
+    unique, index = shared_prompts(prompt_ids)
+    prompt, pmask = left_pad(unique, pad_id, comp_ids.device)
     flat = None if allowed is None else [a for row in allowed for a in row]
     with (amp or precision.resolve("fp32", model)).autocast():
-        logp, entropy = selected_logps(
-            model, ids, attn, score, position_ids=pos, temperature=temperature, entropy=True, allowed=flat
-        )
-    t = comp_ids.shape[1]
-    return logp[:, -t:] * comp_mask, entropy[:, -t:]
+        logp, entropy = prefix_logps(
+            model, prompt, pmask, index.to(comp_ids.device), comp_ids, comp_mask.bool(),
+            temperature=temperature, entropy=True, allowed=flat,
+        )  # fmt: skip
+    return logp, entropy
+
+
+def shared_prompts(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+    """Runs of equal consecutive prompts (a GRPO group's G copies) → each prompt once, and the index
+    of every row's prompt in that list."""
+    unique: list[list[int]] = []
+    index = []
+    for p in prompt_ids:
+        if not unique or unique[-1] != p:
+            unique.append(p)
+        index.append(len(unique) - 1)
+    return unique, torch.tensor(index)
 
 
 def train(cfg: RLConfig, console=None) -> dict:

@@ -10,7 +10,6 @@ after every update.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +20,7 @@ from convrec.constrained import CatalogConstraints, RowConstraint
 from convrec.errors import ConvrecError
 from convrec.generate import left_pad
 from convrec.train.config import ENGINES
+from convrec.train.logits import cache_kwarg
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,6 @@ def stops_of(cfg: SamplingConfig, tokenizer) -> list[int]:
     return list(cfg.stop_ids) or [tokenizer.eos_token_id]
 
 
-def _cache_kwarg(model) -> str:
-    """transformers 5.2x renamed ``past_key_values`` to ``cache``; accept both."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 class HFEngine:
     """Sampling with the policy module itself; nothing to sync. With ``constraints`` (the catalog
     trie) it can sample catalog-constrained lists (`convrec.constrained`)."""
@@ -99,7 +94,7 @@ class HFEngine:
             kwargs = {}
             if self.share_prompt and width > 1:
                 # prefill all but the last prompt token once, then give each of the G samples a copy
-                cache, key = DynamicCache(), _cache_kwarg(model)
+                cache, key = DynamicCache(), cache_kwarg(model)
                 pos = (attn.cumsum(-1) - 1).clamp(min=0)
                 model(
                     input_ids=ids[:, :-1],
