@@ -54,7 +54,8 @@ def test_wiring_sizes_and_levels(tmp_path):
     assert _flag(a["synth"], "--size") == "small" and _flag(a["model-init"], "--size") == "tiny"
     assert _flag(a["sft"], "--sft-set") == f"{out}/stage1/sft_set.parquet"
     assert _flag(a["grpo"], "--level") == "token" and _flag(a["rank-grpo"], "--level") == "rank"
-    assert _flag(a["rank-grpo"], "--init") == f"{out}/runs/sft/best"
+    assert _flag(a["rank-grpo"], "--init") == f"{out}/runs/sft/last"  # the SFT schedule's end
+    assert _flag(a["generate-sft"], "--model") == f"{out}/runs/sft/last"
     assert "--ground-truth-first" in a["adjust"]
     assert _flag(a["teacher-test"], "--split") == "test" and _flag(a["remap"], "--split") == "train"
     # the small student has one token per catalog line; trained rows' final lists are constrained
@@ -158,7 +159,7 @@ def test_demo_end_to_end_rerun_and_change(tmp_path):
         "stage1/reflect_train.parquet",
         "stage1/sft_set.parquet",
         "model/config.json",
-        "runs/sft/best/config.json",
+        "runs/sft/last/config.json",
         "runs/grpo/metrics.jsonl",
         "runs/rank_grpo/last/trainer_state.pt",
         "pred/teacher_raw.parquet",
@@ -182,13 +183,13 @@ def test_demo_end_to_end_rerun_and_change(tmp_path):
     assert json.loads((out / "demo.json").read_text())["ran"] == []
     assert again.stdout.count("skipped") == len(state["steps"])
 
-    sft_mtime = (out / "runs/sft/best/config.json").stat().st_mtime
+    sft_mtime = (out / "runs/sft/last/config.json").stat().st_mtime
     cfg.write_text(TINY.format(sft_steps=6, rl_steps=3))
     changed = run_cli("demo", "--config", cfg, "--data", data, "--out", out, timeout=900)
     assert changed.returncode == 0, changed.stderr[-3000:]
     ran = json.loads((out / "demo.json").read_text())["ran"]
     assert ran[0] == "grpo" and "sft" not in ran and ran[-1] == "report"
-    assert (out / "runs/sft/best/config.json").stat().st_mtime == sft_mtime
+    assert (out / "runs/sft/last/config.json").stat().st_mtime == sft_mtime
     assert json.loads((out / "runs/grpo/config.json").read_text())["max_steps"] == 3
 
 
