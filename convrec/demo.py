@@ -45,7 +45,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "batch_size": 16,
             "val_constrained": True,
         },
-        # item-token rollouts are short and a group's prompt is scored once: 80 constrained steps take ~75 s
+        # item-token rollouts are short and a group's prompt is scored once: 80 constrained steps take ~70 s
         # on 2 cores. lr 5e-5 over 1e-4 and over G 16 × 2 prompts: the only one above SFT on the full
         # validation split at both levels on both seeds
         "rl": {
