@@ -154,13 +154,14 @@ def prefix_logps(
     groups). Position ids count real tokens only, as `generate` assigns them."""
     body, head, softcap = _head(model)
     pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    key = cache_kwarg(body)  # the output field has the argument's name in both transformers lines
     pre = body(input_ids=prompt, attention_mask=prompt_mask, position_ids=pos, use_cache=True)
-    cache = pre.cache if hasattr(pre, "cache") else pre.past_key_values
+    cache = getattr(pre, key)
     cache.batch_select_indices(index)
     attn = torch.cat([prompt_mask[index], score.long()], dim=1)
     cpos = (attn.cumsum(-1) - 1).clamp(min=0)[:, prompt.shape[1] :]
     hidden = body(
-        input_ids=completion, attention_mask=attn, position_ids=cpos, use_cache=True, **{cache_kwarg(body): cache}
+        input_ids=completion, attention_mask=attn, position_ids=cpos, use_cache=True, **{key: cache}
     ).last_hidden_state
     # position t is predicted by the state before it: the prompt's last for t = 0, else completion t − 1
     before = torch.cat([pre.last_hidden_state[:, -1:][index], hidden[:, :-1]], dim=1)
