@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -30,22 +31,24 @@ T = 1800  # seconds per CLI call: about 20x what an idle 2-core machine needs, f
 REUSE = "CONVREC_TEST_GEMMA_DIR"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
-    """(model folder, synthetic world): imported once for the whole session."""
+    """(model folder, synthetic world): imported once for this module, deleted after it (GBs of disk)."""
     from convrec.data.synth import generate
 
     root = tmp_path_factory.mktemp("gemma")
     generate(root / "data", seed=0)
     if os.environ.get(REUSE):  # a developer's earlier import of the same package: skip the minute-long import
-        return Path(os.environ[REUSE]), root / "data"
-    proc = run_cli("model", "import", PACKAGE, "--out", root / "gemma", "--data", root / "data", timeout=T)
-    assert proc.returncode == 0, proc.stderr
-    assert "gemma turn format" in proc.stdout and "<end_of_turn>" in proc.stdout
-    return root / "gemma", root / "data"
+        yield Path(os.environ[REUSE]), root / "data"
+    else:
+        proc = run_cli("model", "import", PACKAGE, "--out", root / "gemma", "--data", root / "data", timeout=T)
+        assert proc.returncode == 0, proc.stderr
+        assert "gemma turn format" in proc.stdout and "<end_of_turn>" in proc.stdout
+        yield root / "gemma", root / "data"
+    shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sft_run(gemma, tmp_path_factory):
     model, data = gemma
     run = tmp_path_factory.mktemp("gemma_sft") / "run"
@@ -55,7 +58,8 @@ def sft_run(gemma, tmp_path_factory):
         timeout=T,
     )
     assert proc.returncode == 0, proc.stderr
-    return run
+    yield run
+    shutil.rmtree(run.parent, ignore_errors=True)
 
 
 def test_import_writes_a_plain_chat_model(gemma):

@@ -241,3 +241,24 @@ def test_zero2_kill_and_resume(setup, tmp_path):
     expected = [r["loss"] for r in _losses(tmp_path / "full") if "loss" in r]
     got = [r["loss"] for r in _losses(run) if "loss" in r]
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(setup, tmp_path):
+    """Writes past 1 MB fail (RLIMIT_FSIZE: EFBIG, as ENOSPC would) once the resumed run checkpoints
+    again: one line naming the folder and the cause, no half-written folder, RUN/last as it was."""
+    import resource
+
+    run = tmp_path / "r"
+    assert _sft(setup, run, 3).returncode == 0
+    before = (run / "last" / "model.safetensors").read_bytes()
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # Python ignores SIGXFSZ: writes fail
+
+    cmd = [sys.executable, "-m", "convrec.cli.main", "sft", "--data", setup / "data", "--model", setup / "model"]
+    cmd += ["--out", run, "--max-steps", "6", *SFT_ARGS, "--resume"]
+    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert_user_error(proc, "could not write the checkpoint", "File too large", "the previous one is kept")
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    assert (run / "last" / "model.safetensors").read_bytes() == before
+    assert torch.load(run / "last" / "trainer_state.pt", weights_only=False)["step"] == 3

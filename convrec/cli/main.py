@@ -79,6 +79,10 @@ def main() -> None:
         hint = f" (see '{ctx.command_path} --help')" if ctx else ""
         err_console.print(f"[bold red]error:[/] {escape(e.format_message())}{hint}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as e:  # the machine's fault, not the user's input (a full disk, a read-only folder)
+        where = f": {e.filename}" if e.filename else ""
+        err_console.print(f"[bold red]error:[/] {escape(e.strerror or str(e))}{escape(where)}", highlight=False)
+        sys.exit(2)
     except (KeyboardInterrupt, click.Abort, typer.Abort):
         err_console.print("interrupted")
         sys.exit(130)

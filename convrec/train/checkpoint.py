@@ -21,14 +21,20 @@ def save(folder: Path, model, tokenizer, state: dict | None = None) -> None:
     folder = Path(folder)
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    if lora.is_peft(model):
-        lora.merged_copy(model).save_pretrained(tmp)
-        model.save_pretrained(tmp / lora.ADAPTER)
-    else:
-        model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if state is not None:
-        torch.save(state, tmp / STATE)
+    try:
+        if lora.is_peft(model):
+            lora.merged_copy(model).save_pretrained(tmp)
+            model.save_pretrained(tmp / lora.ADAPTER)
+        else:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if state is not None:
+            torch.save(state, tmp / STATE)
+    except Exception as e:  # a full disk surfaces as OSError, safetensors' SafetensorError or torch's RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        kept = "the previous one is kept" if folder.exists() else "nothing was written"
+        raise ConvrecError(f"{folder}: could not write the checkpoint ({reason}); {kept}") from e
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
