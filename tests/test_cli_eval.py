@@ -163,3 +163,9 @@ def test_eval_protocol_flag_errors(tiny_data, preds):
     proc = run_cli("eval", preds, "--data", tiny_data, "--protocol", "rank-grpo", "--convention", "textbook")
     assert_user_error(proc, "--convention")
     assert_user_error(run_cli("eval", preds, "--data", tiny_data, "--year-tolerance", "-1"), "--year-tolerance")
+
+
+def test_an_unwritable_output_is_one_line(tiny_data):
+    """An OSError from the machine (here: a folder /proc refuses to create) is one line, not a traceback."""
+    proc = run_cli("baseline", "popularity", "--data", tiny_data, "--split", "test", "--out", "/proc/convrec/x.parquet")
+    assert_user_error(proc, "/proc/convrec")
