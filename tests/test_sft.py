@@ -262,3 +262,25 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(setup, tmp_path):
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
     assert (run / "last" / "model.safetensors").read_bytes() == before
     assert torch.load(run / "last" / "trainer_state.pt", weights_only=False)["step"] == 3
+
+
+def test_a_kill_between_the_two_renames_of_a_checkpoint_swap_resumes(setup, tmp_path):
+    """`save` renames RUN/last to .last.old, then the complete .last.tmp to RUN/last: a kill in between
+    leaves no RUN/last, and --resume continues from the newer folder (the losses of an unbroken run)."""
+    import shutil
+
+    full = tmp_path / "full"
+    assert _sft(setup, full, 6).returncode == 0
+    run = tmp_path / "r"
+    common = ["--data", setup / "data", "--model", setup / "model", "--max-steps", "6", *SFT_ARGS]
+    kill_after_first_checkpoint(
+        [sys.executable, "-m", "convrec.cli.main", "sft", "--out", str(run), *map(str, common)], run
+    )
+    shutil.copytree(run / "last", run / ".last.tmp")  # the newer, complete checkpoint (here: the same step)
+    (run / "last").rename(run / ".last.old")
+    resumed = _sft(setup, run, 6, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["loss"] for r in _losses(run) if "loss" in r] == pytest.approx(
+        [r["loss"] for r in _losses(full) if "loss" in r], rel=1e-5, abs=1e-6
+    )
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []

@@ -19,7 +19,8 @@ def save(folder: Path, model, tokenizer, state: dict | None = None) -> None:
     A LoRA model is saved merged (a plain model folder) with its adapter in ``adapter/``.
     """
     folder = Path(folder)
-    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    recover(folder)
+    tmp, old = _side_folders(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         if lora.is_peft(model):
@@ -42,6 +43,25 @@ def save(folder: Path, model, tokenizer, state: dict | None = None) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _side_folders(folder: Path) -> tuple[Path, Path]:
+    return folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+
+
+def recover(folder: Path) -> None:
+    """Finish a swap that a kill interrupted. `save` renames FOLDER to .FOLDER.old and only then the
+    complete .FOLDER.tmp to FOLDER: with FOLDER missing, .tmp is the newer whole checkpoint, .old the one
+    before it."""
+    folder = Path(folder)
+    if folder.exists():
+        return
+    tmp, old = _side_folders(folder)
+    if old.is_dir() and tmp.is_dir():
+        tmp.rename(folder)
+    elif old.is_dir():
+        old.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def keep_copy(run: Path, step: int, keep_last: int) -> None:
     """Copy RUN/last to RUN/checkpoints/stepN and drop the oldest beyond keep_last - 1 copies."""
     if keep_last <= 1:
@@ -54,6 +74,7 @@ def keep_copy(run: Path, step: int, keep_last: int) -> None:
 
 
 def load_state(folder: Path) -> dict:
+    recover(folder)
     path = Path(folder) / STATE
     if not path.exists():
         raise ConvrecError(f"{folder}: no trainer state to resume from ({STATE} missing)")
