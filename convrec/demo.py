@@ -317,11 +317,7 @@ def run(opts: Options, console, root, restart: bool = False) -> dict:
         if up_to_date:
             console.print(f"[dim]up to date ({done['seconds']:.1f} s when it ran); skipped[/]")
             continue
-        if step.run_dir is not None:
-            checkpoint.recover(step.run_dir / "last")  # a kill mid-swap leaves the checkpoint beside its folder
-        resume = (
-            not changed and step.run_dir is not None and same and (step.run_dir / "last" / checkpoint.STATE).exists()
-        )
+        resume = not changed and step.run_dir is not None and same and checkpoint.has_state(step.run_dir / "last")
         changed = True
         state["steps"][step.key] = {"argv": words, "settings": settings, "ok": False, "seconds": 0.0}
         if resume:  # a killed sft/rl run with the same inputs and flags continues exactly

@@ -89,14 +89,15 @@ def tiny_data(tmp_path: Path) -> Path:
     return d
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real `convrec` CLI in a fresh interpreter."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    """Run the real `convrec` CLI in a fresh interpreter (``popen``: more `subprocess.run` options)."""
     return subprocess.run(
         [sys.executable, "-m", "convrec.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=timeout,
+        **popen,
     )
 
 

@@ -30,7 +30,7 @@ def _losses(run) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _sft(setup, run, steps: int, *extra: str):
+def _sft(setup, run, steps: int, *extra: str, **popen):
     return run_cli(
         "sft",
         "--data",
@@ -43,6 +43,7 @@ def _sft(setup, run, steps: int, *extra: str):
         str(steps),
         *SFT_ARGS,
         *extra,
+        **popen,
     )
 
 
@@ -255,9 +256,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(setup, tmp_path):
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # Python ignores SIGXFSZ: writes fail
 
-    cmd = [sys.executable, "-m", "convrec.cli.main", "sft", "--data", setup / "data", "--model", setup / "model"]
-    cmd += ["--out", run, "--max-steps", "6", *SFT_ARGS, "--resume"]
-    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    proc = _sft(setup, run, 6, "--resume", preexec_fn=small_files)
     assert_user_error(proc, "could not write the checkpoint", "File too large", "the previous one is kept")
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
     assert (run / "last" / "model.safetensors").read_bytes() == before

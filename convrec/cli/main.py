@@ -67,22 +67,23 @@ _USAGE_ERRORS = (
 )
 
 
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
-    """Entry point: user errors (bad input, bad flags) become one line on stderr and exit code 2."""
+    """Entry point: user errors (bad input, bad flags) and the machine's (a full disk, a folder that cannot
+    be made) become one line on stderr and exit code 2."""
     try:
         code = app(standalone_mode=False)
     except ConvrecError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e))
     except _USAGE_ERRORS as e:
         ctx = getattr(e, "ctx", None)
-        hint = f" (see '{ctx.command_path} --help')" if ctx else ""
-        err_console.print(f"[bold red]error:[/] {escape(e.format_message())}{hint}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except OSError as e:  # the machine's fault, not the user's input (a full disk, a read-only folder)
-        where = f": {e.filename}" if e.filename else ""
-        err_console.print(f"[bold red]error:[/] {escape(e.strerror or str(e))}{escape(where)}", highlight=False)
-        sys.exit(2)
+        _fail(e.format_message() + (f" (see '{ctx.command_path} --help')" if ctx else ""))
+    except OSError as e:
+        _fail((e.strerror or str(e)) + (f": {e.filename}" if e.filename else ""))
     except (KeyboardInterrupt, click.Abort, typer.Abort):
         err_console.print("interrupted")
         sys.exit(130)

@@ -33,7 +33,7 @@ def save(folder: Path, model, tokenizer, state: dict | None = None) -> None:
             torch.save(state, tmp / STATE)
     except Exception as e:  # a full disk surfaces as OSError, safetensors' SafetensorError or torch's RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
         kept = "the previous one is kept" if folder.exists() else "nothing was written"
         raise ConvrecError(f"{folder}: could not write the checkpoint ({reason}); {kept}") from e
     shutil.rmtree(old, ignore_errors=True)
@@ -60,6 +60,12 @@ def recover(folder: Path) -> None:
     elif old.is_dir():
         old.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def has_state(folder: Path) -> bool:
+    """Whether ``folder`` (a RUN/last) can be resumed from, after `recover` finished any broken swap."""
+    recover(folder)
+    return (Path(folder) / STATE).exists()
 
 
 def keep_copy(run: Path, step: int, keep_last: int) -> None:
