@@ -31,6 +31,7 @@ bench:
 	$(BIN)/python bench/bench_sft.py
 	$(BIN)/python bench/bench_serve.py
 	$(BIN)/python bench/bench_remap.py
+	$(BIN)/python bench/bench_decoding.py
 	$(BIN)/python bench/bench_rl.py
 	$(BIN)/python bench/bench_real_model.py
 

@@ -98,7 +98,9 @@ class RowConstraint:
     exclude: frozenset[int] = frozenset()  # trie items never to write (seen in the conversation)
 
 
-class _RowState:
+class RowState:
+    """One row's walk through the trie: what it has written and what it may write next."""
+
     __slots__ = ("trie", "k", "node", "items", "blocked", "dead", "n_blocked", "done")
 
     def __init__(self, trie: CatalogTrie, spec: RowConstraint) -> None:
@@ -170,7 +172,7 @@ class CatalogLogitsProcessor(LogitsProcessor):
 
     def __init__(self, trie: CatalogTrie, constraints: Sequence[RowConstraint | None]) -> None:
         self.trie = trie
-        self.rows = [_RowState(trie, c) if c is not None else None for c in constraints]
+        self.rows = [RowState(trie, c) if c is not None else None for c in constraints]
         self._seen_len: int | None = None
 
     def _advance(self, input_ids: torch.Tensor) -> None:
@@ -222,11 +224,15 @@ class CatalogConstraints:
     def processor(self, constraints: Sequence[RowConstraint | None]) -> CatalogLogitsProcessor:
         return CatalogLogitsProcessor(self.trie, constraints)
 
+    def states(self, constraints: Sequence[RowConstraint]) -> list[RowState]:
+        """A fresh trie walk per row, for `convrec.decoding.decode_constrained`."""
+        return [RowState(self.trie, c) for c in constraints]
+
     def replay(self, spec: RowConstraint, tokens: Sequence[int]) -> list[torch.Tensor]:
         """The token ids the processor allowed before each of ``tokens``: a constrained sample's walk
         replayed, so a loss can score it under the masked policy it was drawn from,
         π_c(x_t | x_<t) = π(x_t | x_<t) / Σ_{v allowed at t} π(v | x_<t)."""
-        state, out = _RowState(self.trie, spec), []
+        state, out = RowState(self.trie, spec), []
         for t, tok in enumerate(tokens):
             ids = state.next_ids(torch.device("cpu"))
             if not bool((ids == tok).any()):

@@ -117,30 +117,40 @@ def generate_texts(
     for start in range(0, len(prompts), cfg.batch_size):
         batch = prompts[start : start + cfg.batch_size]
         input_ids, attention = left_pad(batch, pad, model.device)
-        width = input_ids.shape[1]
-        extra = {}
         if constraints is not None:
-            from transformers import LogitsProcessorList
+            from convrec.decoding import decode_constrained
 
-            proc = constraints.processor(row_constraints[start : start + cfg.batch_size])
-            extra["logits_processor"] = LogitsProcessorList([proc])
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            max_new_tokens=cfg.max_new_tokens,
-            do_sample=cfg.do_sample,
-            temperature=cfg.temperature if cfg.do_sample else None,
-            top_p=cfg.top_p if cfg.do_sample else None,
-            pad_token_id=pad,
-            eos_token_id=stops,  # a chat model ends its turn with any of these
-            **extra,
-        )
-        decoded = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        if constraints is not None:
-            proc.finish(out)
-            # a line cut by the token budget is not a catalog item yet: drop it
-            decoded = [t if proc.complete(r) else t.rpartition("\n")[0] for r, t in enumerate(decoded)]
-        texts.extend(decoded)
+            decoded = decode_constrained(
+                model,
+                input_ids,
+                attention,
+                constraints.states(row_constraints[start : start + cfg.batch_size]),
+                max_new_tokens=cfg.max_new_tokens,
+                pad_id=pad,
+                stop_ids=stops,
+                greedy=not cfg.do_sample,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+            )
+            texts.extend(
+                # a line cut by the token budget is not a catalog item yet: drop it
+                t if done else t.rpartition("\n")[0]
+                for t, done in zip(
+                    tokenizer.batch_decode(decoded.tokens, skip_special_tokens=True), decoded.complete, strict=True
+                )
+            )
+        else:
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=cfg.do_sample,
+                temperature=cfg.temperature if cfg.do_sample else None,
+                top_p=cfg.top_p if cfg.do_sample else None,
+                pad_token_id=pad,
+                eos_token_id=stops,  # a chat model ends its turn with any of these
+            )
+            texts.extend(tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True))
         if progress is not None:
             progress(len(batch))
     return texts

@@ -2,7 +2,8 @@
 
 `hf` runs transformers' generate on the policy itself (the CPU path and the default): the prompts
 of a batch are prefilled once, their KV cache repeated G times, and generation continues from it,
-so a prompt is encoded once, not G times. `vllm` runs a colocated vLLM engine (optional GPU
+so a prompt is encoded once, not G times; constrained rollouts then run the plain decoding loop
+`convrec.decoding.decode_constrained` (the same masked distribution, fewer passes). `vllm` runs a colocated vLLM engine (optional GPU
 dependency, prefix caching on, ``n = G`` per prompt) whose weights are refreshed from the policy
 after every update.
 """
@@ -17,6 +18,7 @@ from typing import Protocol
 import torch
 
 from convrec.constrained import CatalogConstraints, RowConstraint
+from convrec.decoding import decode_constrained
 from convrec.errors import ConvrecError
 from convrec.generate import left_pad
 from convrec.train.config import ENGINES
@@ -77,7 +79,7 @@ class HFEngine:
     def generate(
         self, prompts: list[list[int]], cfg: SamplingConfig, rows: Sequence[RowConstraint] | None = None
     ) -> list[list[int]]:
-        from transformers import DynamicCache, LogitsProcessorList
+        from transformers import DynamicCache
 
         if rows is not None and self.constraints is None:
             raise ConvrecError("constrained rollouts need the engine built with the catalog's constraints")
@@ -105,9 +107,22 @@ class HFEngine:
                 )
                 cache.batch_repeat_interleave(g)
                 kwargs[key] = cache
-            if rows is not None:
+            if rows is not None:  # the plain constrained loop: same distribution, no generate overhead
                 batch_rows = [r for r in rows[start : start + cfg.prompts_per_batch] for _ in range(g)]
-                kwargs["logits_processor"] = LogitsProcessorList([self.constraints.processor(batch_rows)])
+                decoded = decode_constrained(
+                    model,
+                    ids.repeat_interleave(g, 0),
+                    attn.repeat_interleave(g, 0),
+                    self.constraints.states(batch_rows),
+                    max_new_tokens=cfg.max_new_tokens,
+                    pad_id=pad,
+                    stop_ids=stops,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    cache=kwargs.get(cache_kwarg(model)),
+                )
+                out.extend(decoded.tokens)
+                continue
             seqs = model.generate(
                 input_ids=ids.repeat_interleave(g, 0),
                 attention_mask=attn.repeat_interleave(g, 0),

@@ -1,0 +1,124 @@
+"""Catalog-constrained decoding in one plain loop: the hot path of constrained rollouts and lists.
+
+`model.generate` with `CatalogLogitsProcessor` draws the same lists, but pays transformers'
+per-token machinery (processor lists, stopping criteria, cache bookkeeping), which for a small
+student on a CPU costs more than its forward pass. Each step here is: mask the last logits to
+every row's trie walk (`RowState.next_ids`, the one rule of what a row may write), sample or take
+the argmax, advance the walks, run the model on the new tokens with the KV cache.
+
+Jump-forward: when the mask leaves every unfinished row exactly one token (with one token per
+catalog line, the newline after each item and the stop token after the k-th), that token is
+appended without sampling and goes into the same forward as the sampled one. Under the masked
+policy it has probability 1, so the lists are drawn from the same distribution (and greedy lists
+are the same lists) with up to half the forward passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from convrec.constrained import RowState
+
+
+@dataclass(frozen=True)
+class Decoded:
+    tokens: list[list[int]]  # per row: the generated ids, up to and including the stop token sampled
+    complete: list[bool]  # per row: stopped between lines (not cut mid-line by the token budget)
+
+
+def _top_p(z: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches ``top_p`` (at least one), as
+    transformers' TopPLogitsWarper does after the temperature."""
+    sorted_z, order = torch.sort(z, descending=True, dim=-1)
+    probs = torch.softmax(sorted_z, dim=-1)
+    drop = probs.cumsum(-1) - probs > top_p  # mass before this token already reaches top_p
+    drop[:, 0] = False
+    return z.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+
+
+def _next_tokens(logits: torch.Tensor, allowed: list[torch.Tensor], greedy: bool, temperature: float, top_p: float):
+    mask = torch.ones_like(logits, dtype=torch.bool)
+    for r, ids in enumerate(allowed):
+        mask[r].index_fill_(0, ids, False)
+    z = logits.float().masked_fill(mask, float("-inf"))
+    if greedy:
+        return z.argmax(-1)
+    z = z / temperature
+    if top_p < 1.0:
+        z = _top_p(z, top_p)
+    # inverse-CDF draw, one uniform per row (multinomial's cost is a random number per vocabulary entry);
+    # the first index whose cumulative mass passes u·total always carries mass, so a masked token never wins
+    cdf = torch.softmax(z, dim=-1).cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[1] - 1)
+
+
+@torch.no_grad()
+def decode_constrained(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    states: Sequence[RowState],
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    stop_ids: Sequence[int],
+    greedy: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    cache=None,
+) -> Decoded:
+    """Constrained lists for a left-padded batch, one `RowState` (its trie walk) per row.
+
+    ``cache``: a KV cache already holding all but the last column of ``input_ids`` (a GRPO group's
+    shared prompt prefill, repeated per row); without it the whole prompt is run here."""
+    from convrec.train.logits import cache_kwarg
+
+    key = cache_kwarg(model)
+    if cache is None:
+        from transformers import DynamicCache
+
+        cache, feed = DynamicCache(), input_ids
+    else:
+        feed = input_ids[:, -1:]
+    device, b = input_ids.device, input_ids.shape[0]
+    attn = attention_mask
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    next_pos = pos[:, -1] + 1
+    pos = pos[:, -feed.shape[1] :]
+    stops = set(stop_ids)
+    out: list[list[int]] = [[] for _ in range(b)]
+    live = [True] * b
+    n = 0
+    allowed = [s.next_ids(device) for s in states]
+    while n < max_new_tokens:
+        logits = model(
+            input_ids=feed, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: cache}
+        ).logits
+        cols = [_next_tokens(logits[:, -1], allowed, greedy, temperature, top_p).tolist()]
+        while True:  # take the column, then every following one the masks force on all live rows
+            for r, tok in enumerate(cols[-1]):
+                if live[r]:
+                    out[r].append(tok)
+                    states[r].advance(tok)
+                    live[r] = tok not in stops
+                else:
+                    cols[-1][r] = pad_id
+            n += 1
+            if not any(live) or n >= max_new_tokens:
+                break
+            allowed = [s.next_ids(device) for s in states]  # also the next sampling step's masks
+            if any(lv and len(a) != 1 for a, lv in zip(allowed, live, strict=True)):
+                break
+            cols.append([int(a[0]) if lv else pad_id for a, lv in zip(allowed, live, strict=True)])
+        if not any(live):
+            break
+        feed = torch.tensor(cols, device=device).T
+        m = feed.shape[1]
+        attn = torch.cat([attn, attn.new_ones(b, m)], dim=1)
+        pos = next_pos[:, None] + torch.arange(m, device=device)
+        next_pos = next_pos + m
+    return Decoded(out, [s.at_line_start for s in states])
