@@ -3,9 +3,9 @@
 `hf` runs transformers' generate on the policy itself (the CPU path and the default): the prompts
 of a batch are prefilled once, their KV cache repeated G times, and generation continues from it,
 so a prompt is encoded once, not G times; constrained rollouts then run the plain decoding loop
-`convrec.decoding.decode_constrained` (the same masked distribution, fewer passes). `vllm` runs a colocated vLLM engine (optional GPU
-dependency, prefix caching on, ``n = G`` per prompt) whose weights are refreshed from the policy
-after every update.
+`convrec.decoding.decode_constrained` (the same masked distribution, fewer passes). `vllm` runs a
+colocated vLLM engine (optional GPU dependency, prefix caching on, ``n = G`` per prompt) whose
+weights are refreshed from the policy after every update.
 """
 
 from __future__ import annotations
