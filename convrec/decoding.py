@@ -75,13 +75,14 @@ def decode_constrained(
 
     ``cache``: a KV cache already holding all but the last column of ``input_ids`` (a GRPO group's
     shared prompt prefill, repeated per row); without it the whole prompt is run here."""
-    from convrec.train.logits import cache_kwarg
+    from convrec.train.logits import cache_kwarg, unwrap
 
     key = cache_kwarg(model)
     if cache is None:
         from transformers import DynamicCache
 
-        cache, feed = DynamicCache(), input_ids
+        # the model's own layer kinds (Gemma's sliding-window layers), as generate builds its cache
+        cache, feed = DynamicCache(config=unwrap(model).config), input_ids
     else:
         feed = input_ids[:, -1:]
     device, b = input_ids.device, input_ids.shape[0]

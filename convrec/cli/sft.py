@@ -34,6 +34,11 @@ def sft_command(
     val_constrained: bool = typer.Option(
         D.val_constrained, "--val-constrained", help="Validate (and pick RUN/best) on catalog-constrained lists."
     ),
+    group_by_length: bool = typer.Option(
+        D.group_by_length,
+        "--group-by-length",
+        help="Batch samples of similar length (shuffled within spans of 32 batches): less padding, faster steps.",
+    ),
     seed: int = typer.Option(D.seed, "--seed"),
     gradient_checkpointing: bool = typer.Option(D.gradient_checkpointing, "--gradient-checkpointing"),
     resume: bool = typer.Option(D.resume, "--resume", help="Continue exactly from RUN/last."),

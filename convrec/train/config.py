@@ -88,6 +88,7 @@ class SFTConfig:
     eval_every: int = 100
     val_samples: int = 100
     val_constrained: bool = False  # validation (and RUN/best) on catalog-constrained greedy lists
+    group_by_length: bool = False  # batches of similar lengths (less padding): `sft._order`
     seed: int = 0
     gradient_checkpointing: bool = False
     resume: bool = False

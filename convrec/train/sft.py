@@ -38,9 +38,27 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def _order(n: int, seed: int, epoch: int) -> list[int]:
+GROUP_SPAN = 32  # batches sorted together by --group-by-length
+
+
+def _order(n: int, seed: int, epoch: int, lengths: list[int] | None = None, batch: int = 1) -> list[int]:
+    """The epoch's sample order; consecutive ``batch``-sized slices are the batches. With ``lengths``
+    the shuffled order is cut into spans of `GROUP_SPAN` batches, each span sorted by length and cut
+    into batches, and a span's full batches shuffled (its short last one stays last): every sample
+    once per epoch, as before, with the padding of near-equal lengths (HF Trainer's group_by_length)."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    order = torch.randperm(n, generator=g).tolist()
+    if lengths is None:
+        return order
+    out: list[int] = []
+    for s in range(0, n, batch * GROUP_SPAN):
+        span = sorted(order[s : s + batch * GROUP_SPAN], key=lengths.__getitem__)
+        batches = [span[j : j + batch] for j in range(0, len(span), batch)]
+        full = [b for b in batches if len(b) == batch]
+        for k in torch.randperm(len(full), generator=g).tolist():
+            out += full[k]
+        out += [i for b in batches if len(b) < batch for i in b]
+    return out
 
 
 @torch.no_grad()
@@ -118,13 +136,16 @@ def train(cfg: SFTConfig, console=None) -> dict:
 
     forward = engine if engine is not None else model
     micro = cfg.batch_size
+    lengths = (
+        [len(p) + len(c) for p, c in zip(enc.prompts, enc.completions, strict=True)] if cfg.group_by_length else None
+    )
     progress = runlog.progress_bar("sft", console, main)
     last_loss = float("nan")
     with progress:
         task = progress.add_task("sft", total=total, completed=step, info="")
         while step < total:
             epoch, pos = divmod(step, steps_per_epoch)
-            order = _order(len(enc.prompts), cfg.seed, epoch)
+            order = _order(len(enc.prompts), cfg.seed, epoch, lengths, micro)
             t0, tokens, loss_sum = time.perf_counter(), 0, 0.0
             optimizer.zero_grad(set_to_none=True)
             for a in range(cfg.grad_accum):
