@@ -40,7 +40,7 @@ loadtest:
 	$(BIN)/python bench/load_serve.py
 
 # The embedded default, the whole pipeline: synthetic world -> Stage 1 -> sft -> rl -> eval -> report
-# (no network, no GPU; about 6 minutes on 2 cores). Rerunning skips what is done in out/demo.
+# (no network, no GPU; 9-11 minutes on 2 cores with the install). Rerunning skips what is done in out/demo.
 demo: install
 	$(BIN)/convrec demo --out out/demo --size small
 
