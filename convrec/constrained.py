@@ -162,6 +162,17 @@ class RowState:
         return self.done or self.node == 0
 
 
+def mask_scores(scores: torch.Tensor, allowed: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """Scores (B × V) with every token outside its row's ``allowed`` ids at −inf (None: row unmasked)."""
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    for r, ids in enumerate(allowed):
+        if ids is None:
+            mask[r] = False
+        else:
+            mask[r].index_fill_(0, ids, False)
+    return scores.masked_fill(mask, float("-inf"))
+
+
 class CatalogLogitsProcessor(LogitsProcessor):
     """Masks each row's scores to its trie walk; rows whose constraint is None are left alone.
 
@@ -184,13 +195,7 @@ class CatalogLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._advance(input_ids)
-        mask = torch.ones_like(scores, dtype=torch.bool)
-        for r, state in enumerate(self.rows):
-            if state is None:
-                mask[r] = False
-                continue
-            mask[r].index_fill_(0, state.next_ids(scores.device), False)
-        return scores.masked_fill(mask, float("-inf"))
+        return mask_scores(scores, [s.next_ids(scores.device) if s is not None else None for s in self.rows])
 
     def finish(self, sequences: torch.Tensor) -> None:
         self._advance(sequences)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from convrec.constrained import RowState
+from convrec.constrained import RowState, mask_scores
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,7 @@ def _top_p(z: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def _next_tokens(logits: torch.Tensor, allowed: list[torch.Tensor], greedy: bool, temperature: float, top_p: float):
-    mask = torch.ones_like(logits, dtype=torch.bool)
-    for r, ids in enumerate(allowed):
-        mask[r].index_fill_(0, ids, False)
-    z = logits.float().masked_fill(mask, float("-inf"))
+    z = mask_scores(logits.float(), allowed)
     if greedy:
         return z.argmax(-1)
     z = z / temperature

@@ -12,6 +12,7 @@ from convrec.decoding import _top_p, decode_constrained
 from convrec.generate import encode_prompts, left_pad
 from convrec.models.load import load_model, load_tokenizer, stop_token_ids
 from convrec.models.tiny import init_model
+from convrec.train.rollout import _trim
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,8 @@ def _generate_greedy(model, tok, constraints, ids, attn, specs, budget):
         input_ids=ids, attention_mask=attn, do_sample=False, max_new_tokens=budget, pad_token_id=tok.pad_token_id,
         eos_token_id=stop_token_ids(tok, model), logits_processor=LogitsProcessorList([proc]),
     )  # fmt: skip
-    stops = set(stop_token_ids(tok, model))
-    rows = []
-    for row in out[:, ids.shape[1] :].tolist():
-        end = next((i for i, t in enumerate(row) if t in stops), None)
-        rows.append(row[: end + 1] if end is not None else [t for t in row if t != tok.pad_token_id])
+    stops = stop_token_ids(tok, model)
+    rows = [_trim(row, stops, tok.pad_token_id) for row in out[:, ids.shape[1] :].tolist()]
     proc.finish(out)
     return rows, [proc.complete(r) for r in range(len(specs))]
 

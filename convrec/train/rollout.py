@@ -93,7 +93,7 @@ class HFEngine:
             batch = prompts[start : start + cfg.prompts_per_batch]
             ids, attn = left_pad(batch, pad, model.device)
             width = ids.shape[1]
-            kwargs = {}
+            kwargs, cache = {}, None
             if self.share_prompt and width > 1:
                 # prefill all but the last prompt token once, then give each of the G samples a copy
                 cache, key = DynamicCache(), cache_kwarg(model)
@@ -119,7 +119,7 @@ class HFEngine:
                     stop_ids=stops,
                     temperature=cfg.temperature,
                     top_p=cfg.top_p,
-                    cache=kwargs.get(cache_kwarg(model)),
+                    cache=cache,
                 )
                 out.extend(decoded.tokens)
                 continue

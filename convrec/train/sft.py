@@ -143,9 +143,11 @@ def train(cfg: SFTConfig, console=None) -> dict:
     last_loss = float("nan")
     with progress:
         task = progress.add_task("sft", total=total, completed=step, info="")
+        order_epoch, order = None, []
         while step < total:
             epoch, pos = divmod(step, steps_per_epoch)
-            order = _order(len(enc.prompts), cfg.seed, epoch, lengths, micro)
+            if epoch != order_epoch:  # one shuffle (and length grouping) per epoch, not per step
+                order_epoch, order = epoch, _order(len(enc.prompts), cfg.seed, epoch, lengths, micro)
             t0, tokens, loss_sum = time.perf_counter(), 0, 0.0
             optimizer.zero_grad(set_to_none=True)
             for a in range(cfg.grad_accum):
