@@ -72,14 +72,11 @@ def decode_constrained(
 
     ``cache``: a KV cache already holding all but the last column of ``input_ids`` (a GRPO group's
     shared prompt prefill, repeated per row); without it the whole prompt is run here."""
-    from convrec.train.logits import cache_kwarg, unwrap
+    from convrec.train.logits import cache_kwarg, new_cache
 
     key = cache_kwarg(model)
     if cache is None:
-        from transformers import DynamicCache
-
-        # the model's own layer kinds (Gemma's sliding-window layers), as generate builds its cache
-        cache, feed = DynamicCache(config=unwrap(model).config), input_ids
+        cache, feed = new_cache(model), input_ids
     else:
         feed = input_ids[:, -1:]
     device, b = input_ids.device, input_ids.shape[0]

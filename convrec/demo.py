@@ -33,11 +33,12 @@ STATE_FILE = "demo.json"
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "small": {
         "data synth": {"size": "small"},
-        "model init": {"size": "tiny", "item_tokens": True},
-        # validation, RL rollouts and the final lists all use the catalog-constrained lists served
-        # 800 steps at 1e-3 (cosine) reach the remapped teacher's interval on both seeds. The demo goes on from
-        # RUN/last, the schedule's end: the full validation split (±0.03) preferred step 400 on seed 0 by 0.007
-        # and step 800 on seed 1 by 0.031
+        # one token per catalog line, and the prompt's constant instruction as one token (~35 % shorter samples)
+        "model init": {"size": "tiny", "item_tokens": True, "instruction_token": True},
+        # validation, RL rollouts and the final lists all use the catalog-constrained lists served.
+        # 800 steps at 1e-3 (cosine), ~250 s with the instruction token (~320 s without). The demo goes on
+        # from RUN/last, the schedule's end: the full validation split (±0.03) preferred step 400 on seed 0
+        # by 0.007 and step 800 on seed 1 by 0.031 (without the instruction token)
         "sft": {
             "max_steps": 800,
             "lr": 1e-3,
@@ -46,13 +47,14 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "batch_size": 16,
             "val_constrained": True,
         },
-        # item-token rollouts are short and a group's prompt is scored once: 80 constrained steps take ~70 s
-        # on 2 cores. lr 5e-5 over 1e-4 and over G 16 × 2 prompts: the only one above SFT on the full
-        # validation split at both levels on both seeds
+        # item-token rollouts are short and a group's prompt is scored once; the two runs go side by side.
+        # lr 5e-5 over 1e-4 (and over G 16 × 2), then 160 steps of 8 × 2 over 80 of 8 × 4: higher on the
+        # full validation split at both levels, averaged over two seeds (README, Stage 2)
         "rl": {
-            "max_steps": 80,
+            "max_steps": 160,
+            "prompts_per_step": 2,
             "lr": 5e-5,
-            "eval_every": 80,
+            "eval_every": 160,
             "val_samples": 50,
             "group_size": 8,
             "constrained_rollouts": True,
@@ -91,6 +93,7 @@ class Step:
     args: list[str] = field(default_factory=list)  # positional arguments
     outputs: list[Path] = field(default_factory=list)  # all exist once the step succeeded
     run_dir: Path | None = None  # sft / rl: continue with --resume from RUN/last
+    together: str | None = None  # adjacent steps with the same tag may run side by side (the two RL runs)
 
 
 @dataclass
@@ -213,6 +216,7 @@ def plan(opts: Options) -> list[Step]:
                 {"seed": opts.seed, **sizes["rl"]},
                 outputs=[runs / name / "last" / "config.json"],
                 run_dir=runs / name,
+                together="rl",
             )
         )
     # every row is its run's RUN/last: an RL run's RUN/best may be its step-0 validation, i.e. the SFT model
@@ -289,12 +293,25 @@ def _load_state(out: Path) -> dict:
     return state
 
 
+def _batches(steps: list[Step], side_by_side: bool) -> list[list[Step]]:
+    """The plan cut into runs of steps: adjacent steps sharing a `together` tag form one batch when
+    ``side_by_side``, every other step is a batch of its own."""
+    out: list[list[Step]] = []
+    for step in steps:
+        if side_by_side and out and step.together is not None and out[-1][-1].together == step.together:
+            out[-1].append(step)
+        else:
+            out.append([step])
+    return out
+
+
 def run(opts: Options, console, root, restart: bool = False) -> dict:
     """Run (or continue) the plan with ``root``, the `convrec` click command tree (each step is
-    ``root.main(words)``, as on the command line); returns the state: per-step seconds, the steps
-    run now, the wall time."""
+    ``root.main(words)``, as on the command line; the two RL runs side by side in child processes
+    when the machine has 2+ cores); returns the state: per-step seconds, the steps run now, the wall time."""
     from rich.markup import escape
 
+    from convrec import side_by_side
     from convrec.train import checkpoint, distributed
 
     out = opts.out
@@ -306,42 +323,70 @@ def run(opts: Options, console, root, restart: bool = False) -> dict:
     state["ran"] = []
     changed = False  # once a step reruns, every later step reruns too
     started = time.perf_counter()
-    for i, step in enumerate(steps, 1):
+    index = {step.key: i for i, step in enumerate(steps, 1)}
+
+    def prepare(step: Step) -> list[str] | None:
+        """The step's command line, or None when it is up to date; prints its header either way."""
+        nonlocal changed
         words = argv(step, opts, root)
         done = state["steps"].get(step.key, {})
         # the command line names the config file, not its contents: the step's settings count too
         settings = json.loads(json.dumps(configured(opts, step.command), default=str))
         same = done.get("argv") == words and done.get("settings", {}) == settings
         up_to_date = not changed and same and done.get("ok") and all(p.exists() for p in step.outputs)
-        console.rule(f"[bold][{i}/{len(steps)}] {step.key}[/]: {escape(step.title)}")
+        console.rule(f"[bold][{index[step.key]}/{len(steps)}] {step.key}[/]: {escape(step.title)}")
         if up_to_date:
             console.print(f"[dim]up to date ({done['seconds']:.1f} s when it ran); skipped[/]")
-            continue
+            return None
         resume = not changed and step.run_dir is not None and same and checkpoint.has_state(step.run_dir / "last")
-        changed = True
         state["steps"][step.key] = {"argv": words, "settings": settings, "ok": False, "seconds": 0.0}
         if resume:  # a killed sft/rl run with the same inputs and flags continues exactly
             words = [*words, "--resume"]
         console.print(f"[dim]$ convrec {escape(' '.join(words))}[/]", soft_wrap=True)
         artifacts.write_json(state, out / STATE_FILE)
-        t0 = time.perf_counter()
-        try:
-            if step.run_dir is not None and opts.nproc > 1:  # sft / rl in N processes (DeepSpeed from the config)
-                code = subprocess.run(distributed.torchrun_command(opts.nproc, *words)).returncode
-            else:
-                code = root.main(args=words, standalone_mode=False, prog_name="convrec")
-        except ConvrecError as e:
-            raise ConvrecError(
-                f"demo step '{step.key}' failed: {e} (fix it, then rerun the same demo command to continue here)"
-            ) from None
+        return words
+
+    def finish(step: Step, code: int | None, seconds: float, log: Path | None = None) -> None:
+        where = f" (log {log}: {side_by_side.tail(log)})" if log is not None else ""
         if code not in (None, 0):
-            raise ConvrecError(f"demo step '{step.key}' exited with code {code}")
+            raise ConvrecError(f"demo step '{step.key}' exited with code {code}{where}")
         missing = [str(p) for p in step.outputs if not p.exists()]
         if missing:
-            raise ConvrecError(f"demo step '{step.key}' finished without writing {', '.join(missing)}")
-        state["steps"][step.key].update(ok=True, seconds=time.perf_counter() - t0)
+            raise ConvrecError(f"demo step '{step.key}' finished without writing {', '.join(missing)}{where}")
+        state["steps"][step.key].update(ok=True, seconds=seconds)
         state["ran"].append(step.key)
         artifacts.write_json(state, out / STATE_FILE)
+
+    parallel = opts.nproc == 1 and side_by_side.cores() >= 2
+    for batch in _batches(steps, parallel):
+        todo: list[tuple[Step, list[str]]] = []
+        for step in batch:
+            words = prepare(step)
+            if words is not None:
+                changed = True
+                todo.append((step, words))
+        if len(todo) > 1:  # child processes, each on its share of the cores, each logging to a file
+            logs = [out / "logs" / f"{step.key}.log" for step, _ in todo]
+            console.print(
+                f"[dim]{' and '.join(s.key for s, _ in todo)} side by side; logs: {', '.join(map(str, logs))}[/]"
+            )
+            done = side_by_side.run([words for _, words in todo], logs)
+            for (step, _), f in sorted(zip(todo, done, strict=True), key=lambda x: x[1].code != 0):
+                finish(step, f.code, f.seconds, f.log)  # the runs that succeeded are recorded first
+                console.print(f"{step.key}: {side_by_side.tail(f.log, 1)} ({f.seconds:.0f} s)", highlight=False)
+            continue
+        for step, words in todo:
+            t0 = time.perf_counter()
+            try:
+                if step.run_dir is not None and opts.nproc > 1:  # sft / rl in N processes (DeepSpeed from the config)
+                    code = subprocess.run(distributed.torchrun_command(opts.nproc, *words)).returncode
+                else:
+                    code = root.main(args=words, standalone_mode=False, prog_name="convrec")
+            except ConvrecError as e:
+                raise ConvrecError(
+                    f"demo step '{step.key}' failed: {e} (fix it, then rerun the same demo command to continue here)"
+                ) from None
+            finish(step, code, time.perf_counter() - t0)
     state["wall_seconds_this_run"] = time.perf_counter() - started
     artifacts.write_json(state, out / STATE_FILE)
     return state

@@ -25,9 +25,13 @@ def render_conversation(messages: Sequence[dict]) -> str:
     )
 
 
+def instruction(n: int = 20) -> str:
+    return INSTRUCTION.format(n=n)
+
+
 def build_messages(messages: Sequence[dict], n: int = 20) -> list[dict]:
     """Chat messages for the student (or a teacher) given a sample's conversation."""
-    return [{"role": "user", "content": f"{render_conversation(messages)}\n\n{INSTRUCTION.format(n=n)}"}]
+    return [{"role": "user", "content": f"{render_conversation(messages)}\n\n{instruction(n)}"}]
 
 
 LIST_REASK = (

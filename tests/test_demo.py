@@ -59,7 +59,7 @@ def test_wiring_sizes_and_levels(tmp_path):
     assert "--ground-truth-first" in a["adjust"]
     assert _flag(a["teacher-test"], "--split") == "test" and _flag(a["remap"], "--split") == "train"
     # the small student has one token per catalog line; trained rows' final lists are constrained
-    assert "--item-tokens" in a["model-init"]
+    assert "--item-tokens" in a["model-init"] and "--instruction-token" in a["model-init"]
     assert all("--constrained" in a[k] for k in ("generate-sft", "generate-sft-grpo", "generate-sft-rank-grpo"))
     # ... and so are the RL rollouts (scored under the masked policy) and every validation
     assert all("--constrained-rollouts" in a[k] and "--val-constrained" in a[k] for k in ("grpo", "rank-grpo"))
@@ -139,6 +139,30 @@ micro-batch-size = 4
 [generate]
 max-new-tokens = 40
 """
+
+
+def test_the_rl_runs_form_one_side_by_side_batch(tmp_path):
+    """With 2+ cores the two RL runs are one batch (run at once), every other step its own; one core,
+    or torchrun processes, keep the plan one step at a time."""
+    steps = demo.plan(_opts(tmp_path))
+    together = [[s.key for s in b] for b in demo._batches(steps, True) if len(b) > 1]
+    assert together == [["grpo", "rank-grpo"]]
+    assert all(len(b) == 1 for b in demo._batches(steps, False))
+
+
+def test_side_by_side_runs_each_command_and_reports_its_exit_and_log(tmp_path):
+    """Two real `convrec` commands at once, one thread each: the good one writes its output, the bad
+    one's exit code and one-line error come back with its log; both logs are kept."""
+    from convrec import side_by_side
+
+    data = small_world(tmp_path / "world")
+    ok = ["baseline", "popularity", "--data", str(data), "--split", "test", "--out", str(tmp_path / "pop.parquet")]
+    bad = [*ok[:2], "--data", str(tmp_path / "missing"), *ok[4:6], "--out", str(tmp_path / "x.parquet")]
+    logs = [tmp_path / "logs" / "ok.log", tmp_path / "logs" / "bad.log"]
+    good, failed = side_by_side.run([ok, bad], logs)
+    assert good.code == 0 and pl.read_parquet(tmp_path / "pop.parquet").height > 0
+    assert failed.code == 2 and "missing" in side_by_side.tail(failed.log, 1) and not (tmp_path / "x.parquet").exists()
+    assert "Traceback" not in logs[1].read_text() and good.seconds > 0 and failed.seconds > 0
 
 
 @pytest.mark.slow

@@ -183,3 +183,35 @@ def test_model_init_item_tokens(tiny_model, tmp_path):
     for text in preds["text"]:
         lines = text.splitlines()
         assert len(lines) == 5 and len(set(lines)) == 5 and set(lines) <= set(labels)
+
+
+def test_model_init_instruction_token(tiny_model, tmp_path):
+    """`--instruction-token`: the prompt's instruction for N is one token, so every prompt is that many
+    positions shorter and still decodes to the same text; a prompt for another N spells it in pieces."""
+    from convrec.data import load_split
+    from convrec.prompts import instruction
+
+    plain, data = tiny_model
+    proc = run_cli("model", "init", "--data", data, "--out", tmp_path / "m", "--item-tokens", "--instruction-token")
+    assert proc.returncode == 0, proc.stderr
+    tok = load_tokenizer(tmp_path / "m")
+    base = load_tokenizer(plain)
+
+    def n(t, text: str) -> int:
+        return len(t(text, add_special_tokens=False).input_ids)
+
+    pieces = n(base, instruction(20))
+    assert pieces > 20 and n(tok, instruction(20)) == 1
+    for msgs in load_split(data, "train").head(3)["messages"].to_list():
+        text = tok.apply_chat_template(build_messages(msgs), tokenize=False, add_generation_prompt=True)
+        bare = text.replace(instruction(20), "")  # the instruction sits between "\n\n" and <|end|>
+        assert n(tok, text) - n(tok, bare) == 1 and n(base, text) - n(base, bare) == pieces
+        assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
+        other = build_messages(msgs, n=5)[0]["content"]  # the instruction for 5 items is not the token
+        assert tok.decode(tok(other, add_special_tokens=False).input_ids) == other
+        assert n(tok, other) > n(tok, build_messages(msgs)[0]["content"])
+    assert load_model(tmp_path / "m").get_input_embeddings().weight.shape[0] == len(tok)
+    assert_user_error(
+        run_cli("model", "init", "--data", data, "--out", tmp_path / "m0", "--instruction-token", "--n-items", "0"),
+        "--n-items",
+    )

@@ -13,6 +13,12 @@ the BPE pieces that still spell titles mentioned without a year. A from-scratch 
 titles; with one token per item each rank of a list is one choice over the catalog whose output
 embedding every occurrence trains, instead of a spelling spread over shared sub-words (measured on
 the default world in the README). Lists, prompts and every stage stay plain text.
+
+`instruction_token` gives the prompt's fixed instruction (`prompts.instruction(n)`, 49 BPE pieces)
+one added token: every prompt still says it in full, but a from-scratch student reads a constant
+that carries no information about the conversation as one position instead of half its prompt,
+so each SFT/RL step runs over ~35 % fewer tokens (measured on the default world in the README).
+A prompt for another N spells the instruction in BPE pieces, as before.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 from convrec.data import SPLITS, load_catalog, load_split, split_path
 from convrec.errors import ConvrecError
 from convrec.listfmt import format_item
-from convrec.prompts import build_messages
+from convrec.prompts import build_messages, instruction
 
 SPECIAL = {"bos": "<|bos|>", "eos": "<|end|>", "pad": "<|pad|>", "unk": "<|unk|>"}
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -89,8 +95,22 @@ def add_item_tokens(tokenizer, cat) -> int:
     return tokenizer.add_tokens([AddedToken(x, normalized=False) for x in dict.fromkeys(lines)])
 
 
+def add_instruction_token(tokenizer, n_items: int = 20) -> int:
+    """The instruction for ``n_items`` as one added token (not special: a decoded prompt keeps it)."""
+    from tokenizers import AddedToken
+
+    return tokenizer.add_tokens([AddedToken(instruction(n_items), normalized=False)])
+
+
 def init_model(
-    data_dir: str | Path, out: str | Path, *, size: str = "tiny", seed: int = 0, item_tokens: bool = False
+    data_dir: str | Path,
+    out: str | Path,
+    *,
+    size: str = "tiny",
+    seed: int = 0,
+    item_tokens: bool = False,
+    instruction_token: bool = False,
+    n_items: int = 20,
 ) -> dict:
     """Train the tokenizer, build a random Llama, save both to ``out``; return a summary."""
     import torch
@@ -107,6 +127,9 @@ def init_model(
     hidden, layers, heads, kv_heads, inter, vocab = SIZES[size]
     tokenizer = train_tokenizer(training_texts(Path(data_dir)), vocab)
     items = add_item_tokens(tokenizer, load_catalog(Path(data_dir))) if item_tokens else 0
+    if instruction_token and n_items < 1:
+        raise ConvrecError(f"--n-items must be at least 1, got {n_items}")
+    instr = add_instruction_token(tokenizer, n_items) if instruction_token else 0
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -138,4 +161,5 @@ def init_model(
         "hidden": hidden,
         "size": size,
         "item_tokens": items,
+        "instruction_token": instr,
     }

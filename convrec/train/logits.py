@@ -129,6 +129,14 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def new_cache(model):
+    """An empty KV cache laid out from the model's config (Gemma's sliding-window layers), as `generate`
+    builds its own: every cache the project fills itself starts here."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=unwrap(model).config)
+
+
 def prefix_logps(
     model,
     prompt: torch.Tensor,

@@ -22,7 +22,7 @@ from convrec.decoding import decode_constrained
 from convrec.errors import ConvrecError
 from convrec.generate import left_pad
 from convrec.train.config import ENGINES
-from convrec.train.logits import cache_kwarg
+from convrec.train.logits import cache_kwarg, new_cache
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,6 @@ class HFEngine:
     def generate(
         self, prompts: list[list[int]], cfg: SamplingConfig, rows: Sequence[RowConstraint] | None = None
     ) -> list[list[int]]:
-        from transformers import DynamicCache
-
         if rows is not None and self.constraints is None:
             raise ConvrecError("constrained rollouts need the engine built with the catalog's constraints")
 
@@ -96,7 +94,7 @@ class HFEngine:
             kwargs, cache = {}, None
             if self.share_prompt and width > 1:
                 # prefill all but the last prompt token once, then give each of the G samples a copy
-                cache, key = DynamicCache(), cache_kwarg(model)
+                cache, key = new_cache(model), cache_kwarg(model)
                 pos = (attn.cumsum(-1) - 1).clamp(min=0)
                 model(
                     input_ids=ids[:, :-1],
