@@ -49,8 +49,10 @@ loadtest:
 
 # The embedded default, the whole pipeline: synthetic world -> Stage 1 -> sft -> rl -> eval -> report
 # (no network, no GPU; 9-11 minutes on 2 cores with the install). Rerunning skips what is done in out/demo.
+# `make demo SEED=1` builds another world and runs everything on it in out/demo-seed1.
+SEED ?= 0
 demo: install
-	$(BIN)/convrec demo --out out/demo --size small
+	$(BIN)/convrec demo --out $(if $(filter 0,$(SEED)),out/demo,out/demo-seed$(SEED)) --size small --seed $(SEED)
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache
