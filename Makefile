@@ -48,7 +48,7 @@ loadtest:
 	$(BIN)/python bench/load_serve.py
 
 # The embedded default, the whole pipeline: synthetic world -> Stage 1 -> sft -> rl -> eval -> report
-# (no network, no GPU; 9-11 minutes on 2 cores with the install). Rerunning skips what is done in out/demo.
+# (no network, no GPU; ~8 minutes on 2 cores with the install, measured from a clean clone). Rerunning skips what is done in out/demo.
 # `make demo SEED=1` builds another world and runs everything on it in out/demo-seed1.
 SEED ?= 0
 demo: install
