@@ -327,7 +327,6 @@ def run(opts: Options, console, root, restart: bool = False) -> dict:
 
     def prepare(step: Step) -> list[str] | None:
         """The step's command line, or None when it is up to date; prints its header either way."""
-        nonlocal changed
         words = argv(step, opts, root)
         done = state["steps"].get(step.key, {})
         # the command line names the config file, not its contents: the step's settings count too
@@ -359,12 +358,9 @@ def run(opts: Options, console, root, restart: bool = False) -> dict:
 
     parallel = opts.nproc == 1 and side_by_side.cores() >= 2
     for batch in _batches(steps, parallel):
-        todo: list[tuple[Step, list[str]]] = []
-        for step in batch:
-            words = prepare(step)
-            if words is not None:
-                changed = True
-                todo.append((step, words))
+        # a batch's steps are independent of each other: each is judged (and resumed) on what came before
+        todo = [(step, words) for step in batch if (words := prepare(step)) is not None]
+        changed = changed or bool(todo)
         if len(todo) > 1:  # child processes, each on its share of the cores, each logging to a file
             logs = [out / "logs" / f"{step.key}.log" for step, _ in todo]
             console.print(

@@ -216,6 +216,19 @@ def test_demo_end_to_end_rerun_and_change(tmp_path):
     assert (out / "runs/sft/last/config.json").stat().st_mtime == sft_mtime
     assert json.loads((out / "runs/grpo/config.json").read_text())["max_steps"] == 3
 
+    # killed while both RL runs went side by side: each one continues from its own RUN/last
+    state = json.loads((out / "demo.json").read_text())
+    for key in ("grpo", "rank-grpo"):
+        state["steps"][key]["ok"] = False
+    (out / "demo.json").write_text(json.dumps(state))
+    resumed = run_cli("demo", "--config", cfg, "--data", data, "--out", out, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rl_lines = [ln for ln in resumed.stdout.splitlines() if ln.startswith("$ convrec") and " rl " in ln]
+    assert len(rl_lines) == 2 and all(ln.rstrip().endswith("--resume") for ln in rl_lines), rl_lines
+    assert "side by side" in resumed.stdout and (out / "logs/rank-grpo.log").exists()
+    ran = json.loads((out / "demo.json").read_text())["ran"]
+    assert ran[:2] == ["grpo", "rank-grpo"] and "sft" not in ran
+
 
 def test_readme_pipeline_file_is_valid(tmp_path):
     """The GPU pipeline file the README shows is read by the real config code and wires the demo."""
