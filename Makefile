@@ -18,9 +18,14 @@ $(BIN)/uv: $(BIN)/python
 # pinned again so nothing can replace it, every other version from constraints.txt (the demo's numbers
 # moved between two days when transformers did). pip's serial byte-compilation is half of torch's install: it is
 # skipped and torch compiled in parallel instead (a few of torch's test files are 3.12 syntax, hence || true).
-install: $(BIN)/uv
+# The stamp is named after the pin: a new pin installs and compiles again, a rerun skips both.
+TORCH_STAMP := $(VENV)/.installed-$(TORCH_PIN)
+$(TORCH_STAMP): $(BIN)/uv
 	$(BIN)/pip install -q --no-compile $(TORCH_PIN)
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib/python*/site-packages/torch > /dev/null || true
+	touch $@
+
+install: $(TORCH_STAMP)
 	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -c constraints.txt $(TORCH_PIN) -e '.[dev]'
 
 test: install

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from convrec import CLI_MODULE
+
 
 @dataclass
 class Finished:
@@ -45,7 +47,7 @@ def run(commands: Sequence[list[str]], logs: Sequence[Path], poll_s: float = 0.2
             with open(log, "w") as f:  # the child holds its own copy of the descriptor
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "convrec.cli.main", *words], stdout=f, stderr=subprocess.STDOUT, env=env
+                        [sys.executable, "-m", CLI_MODULE, *words], stdout=f, stderr=subprocess.STDOUT, env=env
                     )
                 )
         ends: dict[int, float] = {}

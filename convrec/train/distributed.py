@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from convrec import CLI_MODULE
 from convrec.errors import ConvrecError
 
 
@@ -107,6 +108,6 @@ def torchrun_command(nproc: int, *convrec_args: str) -> list[str]:
         "--nproc_per_node",
         str(nproc),
         "-m",
-        "convrec.cli.main",
+        CLI_MODULE,
         *convrec_args,
     ]
