@@ -50,13 +50,15 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "val_constrained": True,
         },
         # item-token rollouts are short and a group's prompt is scored once; the two runs go side by side.
-        # lr 5e-5 over 1e-4 (and over G 16 × 2), then 160 steps of 8 × 2 over 80 of 8 × 4: higher on the
-        # full validation split at both levels, averaged over two seeds (README, Stage 2)
+        # 8 × 2 prompts over 8 × 4 and 16 × 2; from the SFT recipe above, 240 steps at KL weight 0.01 over
+        # KL 1e-3 (160, 240, 320 steps), KL 0.03, lr 7e-5 or 1e-4, mu 2, T 0.7: highest on the full validation
+        # split averaged over both levels and two seeds (README, Stage 2: "RL from the SFT recipe")
         "rl": {
-            "max_steps": 160,
+            "max_steps": 240,
             "prompts_per_step": 2,
             "lr": 5e-5,
-            "eval_every": 160,
+            "beta": 0.01,
+            "eval_every": 240,
             "val_samples": 50,
             "group_size": 8,
             "constrained_rollouts": True,
