@@ -30,6 +30,9 @@ STATE_FILE = "demo.json"
 
 # Per size: the defaults a config file may override. `small` is the README's first command
 # (≤ 10 minutes on 2 CPU cores); `medium` is a larger world and a larger student.
+# The small demo's RL validates once, at its last step: one number to change, not two.
+SMALL_RL_STEPS = 240
+
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "small": {
         "data synth": {"size": "small"},
@@ -54,11 +57,11 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         # KL 1e-3 (160, 240, 320 steps), KL 0.03, lr 7e-5 or 1e-4, mu 2, T 0.7: highest on the full validation
         # split averaged over both levels and two seeds (README, Stage 2: "RL from the SFT recipe")
         "rl": {
-            "max_steps": 240,
+            "max_steps": SMALL_RL_STEPS,
             "prompts_per_step": 2,
             "lr": 5e-5,
             "beta": 0.01,
-            "eval_every": 240,
+            "eval_every": SMALL_RL_STEPS,
             "val_samples": 50,
             "group_size": 8,
             "constrained_rollouts": True,
