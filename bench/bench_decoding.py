@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 from transformers import DynamicCache, LogitsProcessorList
 
-from convrec.constrained import CatalogConstraints
 from convrec.data import load_split, open_catalog
-from convrec.decoding import decode_constrained
-from convrec.generate import encode_prompts, left_pad, list_token_budget
+from convrec.decoding.constrained import CatalogConstraints
+from convrec.decoding.generate import encode_prompts, left_pad, list_token_budget
+from convrec.decoding.loop import decode_constrained
 from convrec.models.load import load_model, load_tokenizer, stop_token_ids
 from convrec.train.logits import cache_kwarg
 

@@ -28,7 +28,7 @@ from bench_foundation import load_catalog, misspell  # noqa: E402
 from rapidfuzz.distance import Levenshtein  # noqa: E402
 
 from convrec.catalog import Catalog, normalize_title, years_match  # noqa: E402
-from convrec.metrics import PROTOCOLS, items_series, judge, per_item, per_list  # noqa: E402
+from convrec.evaluation.metrics import PROTOCOLS, items_series, judge, per_item, per_list  # noqa: E402
 
 K = 20
 

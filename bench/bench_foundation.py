@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from convrec.catalog import Catalog
-from convrec.evaluation import EvalConfig, evaluate
+from convrec.evaluation.evaluate import EvalConfig, evaluate
 
 SHARED_CATALOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "reddit_v2" / "catalog.csv"
 

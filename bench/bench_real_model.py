@@ -66,9 +66,9 @@ def _gen_tps(model_dir: str, data: str) -> tuple[float, float, float]:
     """(greedy tokens/s, constrained tokens/s, constrained/unconstrained seconds per token)."""
     import torch
 
-    from convrec.constrained import CatalogConstraints
     from convrec.data import load_split, open_catalog
-    from convrec.generate import GenerationConfig, encode_prompts, generate_texts
+    from convrec.decoding.constrained import CatalogConstraints
+    from convrec.decoding.generate import GenerationConfig, encode_prompts, generate_texts
     from convrec.models.load import load_model, load_tokenizer
 
     tok, model = load_tokenizer(model_dir), load_model(model_dir)

@@ -22,10 +22,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from convrec.constrained import CatalogConstraints
 from convrec.data import load_split, open_catalog
-from convrec.generate import GenerationConfig, encode_prompts, generate_texts
-from convrec.mentions import MentionFinder
+from convrec.decoding.constrained import CatalogConstraints
+from convrec.decoding.generate import GenerationConfig, encode_prompts, generate_texts
+from convrec.decoding.mentions import MentionFinder
 from convrec.models.load import load_model, load_tokenizer
 
 

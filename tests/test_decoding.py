@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from convrec.constrained import CatalogConstraints
 from convrec.data import load_split, open_catalog
-from convrec.decoding import _top_p, decode_constrained
-from convrec.generate import encode_prompts, left_pad
+from convrec.decoding.constrained import CatalogConstraints
+from convrec.decoding.generate import encode_prompts, left_pad
+from convrec.decoding.loop import _top_p, decode_constrained
 from convrec.models.load import load_model, load_tokenizer, stop_token_ids
 from convrec.models.tiny import init_model
 from convrec.train.rollout import _trim

@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from convrec import demo
 from convrec.cli import config
 from convrec.cli.main import click_root
+from convrec.demo import plan as demo
 from tests.conftest import assert_user_error, run_cli
 from tests.stage1_data import small_world
 
@@ -153,7 +153,7 @@ def test_the_rl_runs_form_one_side_by_side_batch(tmp_path):
 def test_side_by_side_runs_each_command_and_reports_its_exit_and_log(tmp_path):
     """Two real `convrec` commands at once, one thread each: the good one writes its output, the bad
     one's exit code and one-line error come back with its log; both logs are kept."""
-    from convrec import side_by_side
+    from convrec.demo import side_by_side
 
     data = small_world(tmp_path / "world")
     ok = ["baseline", "popularity", "--data", str(data), "--split", "test", "--out", str(tmp_path / "pop.parquet")]

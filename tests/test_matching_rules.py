@@ -116,7 +116,7 @@ def test_yearless_folder_is_rewarded_yearless(yearless: Path):
 
 
 def test_yearless_folder_is_served_yearless(yearless: Path):
-    from convrec.mentions import MentionFinder
+    from convrec.decoding.mentions import MentionFinder
 
     for where in (yearless, yearless / "catalog.parquet"):  # `convrec serve --catalog` takes either
         cat = open_catalog(where, allow_file=True)  # what cli/serve.py builds

@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 
 from convrec.catalog import Catalog
-from convrec.evaluation import EvalConfig, evaluate
-from convrec.metrics import DUP, HIT, MISS, OUT, SEEN, discounts, judge_list, ranking_metrics
+from convrec.evaluation.evaluate import EvalConfig, evaluate
+from convrec.evaluation.metrics import DUP, HIT, MISS, OUT, SEEN, discounts, judge_list, ranking_metrics
 from tests.conftest import catalog_frame, samples_frame
 
 CAT = Catalog(catalog_frame())
@@ -306,7 +306,7 @@ def test_rank_grpo_equals_the_released_rules_on_random_lists():
 def test_paired_difference_and_bootstrap_by_hand():
     import numpy as np
 
-    from convrec import intervals
+    from convrec.evaluation import intervals
 
     b = np.random.default_rng(0).random((50, 2))
     d = intervals.paired_difference(b + 0.1, b, n_boot=200, seed=1)

@@ -80,7 +80,7 @@ def test_model_init_unknown_size(tiny_model, tmp_path):
 
 
 def test_long_conversations_lose_their_oldest_turns(tiny_model):
-    from convrec.generate import encode_prompt
+    from convrec.decoding.generate import encode_prompt
 
     path, _ = tiny_model
     tok = load_tokenizer(path)
@@ -158,7 +158,7 @@ def test_model_init_item_tokens(tiny_model, tmp_path):
     """`--item-tokens`: every catalog line is one token, lists round-trip as text, the newline stays its
     own token, mentions without a year keep their BPE spelling, constrained decoding writes items."""
     from convrec.data import load_split, open_catalog
-    from convrec.generate import GenerationConfig, generate_predictions
+    from convrec.decoding.generate import GenerationConfig, generate_predictions
 
     plain, data = tiny_model
     proc = run_cli("model", "init", "--data", data, "--out", tmp_path / "m", "--item-tokens")

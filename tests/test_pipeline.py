@@ -14,7 +14,7 @@ import torch
 from convrec import artifacts
 from convrec.catalog import Catalog
 from convrec.errors import ConvrecError
-from convrec.evaluation import evaluate
+from convrec.evaluation.evaluate import evaluate
 from convrec.pipeline import adjust, reflect, remap
 from convrec.pipeline.common import pack_candidates, pipeline_catalog, topk_rows, unpack_candidates
 from tests.conftest import SHARED_DATA, assert_user_error, catalog_frame, run_cli

@@ -147,7 +147,7 @@ def test_zero2_two_processes_on_cpu(setup, tmp_path):
 def test_shared_prompt_prefill_samples_the_same_lists(setup):
     """Prefilling a prompt once and repeating its KV cache G times is an optimisation, not a change."""
     from convrec.data import load_split
-    from convrec.generate import encode_prompts
+    from convrec.decoding.generate import encode_prompts
 
     tok, model = load_tokenizer(setup / "sft" / "best"), load_model(setup / "sft" / "best")
     msgs = load_split(setup / "data", "val")["messages"].to_list()[:2]

@@ -9,10 +9,10 @@ import torch
 from transformers import LogitsProcessorList
 
 from convrec.catalog import Catalog
-from convrec.constrained import CatalogConstraints
 from convrec.data import load_catalog, load_split, open_catalog
+from convrec.decoding.constrained import CatalogConstraints
+from convrec.decoding.generate import GenerationConfig, encode_prompts, generate_texts, left_pad, list_token_budget
 from convrec.errors import ConvrecError
-from convrec.generate import GenerationConfig, encode_prompts, generate_texts, left_pad, list_token_budget
 from convrec.models.load import load_model, load_tokenizer, stop_token_ids, turn_end_id
 from convrec.train import rl_rewards
 from convrec.train.logits import selected_logps

@@ -22,13 +22,13 @@ import pytest
 import torch
 
 from convrec.catalog import Catalog
-from convrec.constrained import CatalogConstraints
 from convrec.data import item_lists, load_catalog, load_split
-from convrec.evaluation import EvalConfig, evaluate
-from convrec.generate import GenerationConfig, encode_prompts, generate_predictions, generate_texts
+from convrec.decoding.constrained import CatalogConstraints
+from convrec.decoding.generate import GenerationConfig, encode_prompts, generate_predictions, generate_texts
+from convrec.decoding.mentions import MentionFinder
+from convrec.evaluation.evaluate import EvalConfig, evaluate
+from convrec.evaluation.metrics import SEEN, judge_list
 from convrec.listfmt import format_list, parse_list
-from convrec.mentions import MentionFinder
-from convrec.metrics import SEEN, judge_list
 from tests.conftest import assert_user_error, free_port, run_cli, start_server, stop_server
 
 try:  # openai's own HTTP client (httpx' successor, same API); older installs have httpx

@@ -33,8 +33,8 @@ def demo_command(
     restart: bool = typer.Option(False, "--restart", help="Rerun every step, even those already done in --out."),
 ) -> None:
     """The whole ConvRec-R1 pipeline on the embedded default: world → Stage 1 → SFT → RL → eval → report."""
-    from convrec import demo
     from convrec.cli import config
+    from convrec.demo import plan as demo
 
     root = ctx.find_root().command  # the `convrec` click group this command runs in (no import of cli.main)
     if config_file is None and ctx.parent is not None:  # `convrec --config F demo` passes the file on too

@@ -12,8 +12,8 @@ from rich.table import Table
 from convrec import artifacts
 from convrec.cli.common import console, parse_ks
 from convrec.data import load_split, open_catalog
-from convrec.evaluation import EvalConfig, compare, evaluate, metric_columns
-from convrec.metrics import PROTOCOLS
+from convrec.evaluation.evaluate import EvalConfig, compare, evaluate, metric_columns
+from convrec.evaluation.metrics import PROTOCOLS
 
 
 def _cell(mean: float, interval: list[float]) -> str:
@@ -33,7 +33,7 @@ def eval_command(
     data: Path = typer.Option(..., "--data", help="Data folder (catalog.parquet, split files, matching.json)."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     protocol: str = typer.Option(
-        "convrec", "--protocol", help=f"Rule set: {' | '.join(PROTOCOLS)} (see convrec/metrics.py)."
+        "convrec", "--protocol", help=f"Rule set: {' | '.join(PROTOCOLS)} (see convrec/evaluation/metrics.py)."
     ),
     k: str | None = typer.Option(None, "--k", help="Cut-offs, comma-separated (default: the protocol's)."),
     convention: str = typer.Option(

@@ -106,7 +106,7 @@ def generate_command(
 
     from convrec import artifacts
     from convrec.data import load_split, open_catalog, split_path
-    from convrec.generate import GenerationConfig, generate_predictions, list_token_budget
+    from convrec.decoding.generate import GenerationConfig, generate_predictions, list_token_budget
     from convrec.models.load import check_dtype, load_model, load_tokenizer
 
     check_dtype(dtype)

@@ -180,7 +180,7 @@ def read_tastes(world: World, cat: Catalog, samples: pl.DataFrame) -> np.ndarray
 def signal_note(world: World, train: pl.DataFrame, test: pl.DataFrame, test_latent: pl.DataFrame) -> str:
     """Test NDCG@20 (paper convention) of popularity, a text reader and the latent-taste oracle."""
     from convrec.baselines import popularity
-    from convrec.evaluation import evaluate
+    from convrec.evaluation.evaluate import evaluate
 
     cat = Catalog(world.catalog)
     runs = {

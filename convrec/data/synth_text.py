@@ -7,14 +7,21 @@ mood phrases and liked movies in 1-3 turns. `convrec.data.synth` draws the world
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from convrec.catalog import normalize_title
 
-if TYPE_CHECKING:
-    from convrec.data.synth import World
+
+class Words(Protocol):
+    """What the text needs of `convrec.data.synth.World` (a protocol, so this module imports nothing back)."""
+
+    genres: list[str]
+    titles: list[str]
+    years: list[int]
+    shared_title: np.ndarray
+
 
 REMAKE_GAP = 8  # years between items sharing a title: far outside the matching tolerance of 2
 YEARS = (1950, 2024)
@@ -202,7 +209,7 @@ def choice(rng: np.random.Generator, options: list[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def taste_statement(rng: np.random.Generator, world: World, taste: np.ndarray) -> str:
+def taste_statement(rng: np.random.Generator, world: Words, taste: np.ndarray) -> str:
     """One sentence naming the strongest genre, or the two strongest, by name or by mood."""
     order = [int(j) for j in np.argsort(-taste, kind="stable") if taste[j] > 0]
     named = order[:2] if len(order) > 1 and rng.random() < 0.5 else order[:1]
@@ -217,7 +224,7 @@ def taste_statement(rng: np.random.Generator, world: World, taste: np.ndarray) -
     return choice(rng, MOOD_TWO).format(m1=moods[0], m2=moods[1])
 
 
-def conversation(rng: np.random.Generator, world: World, taste: np.ndarray, liked: list[int]) -> tuple[list, list]:
+def conversation(rng: np.random.Generator, world: Words, taste: np.ndarray, liked: list[int]) -> tuple[list, list]:
     """Messages revealing the taste, and the seen items (the liked ones) as the text names them."""
     seen, mentions = [], []
     for r in liked:

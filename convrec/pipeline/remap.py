@@ -315,7 +315,7 @@ def tune(
     from dataclasses import replace
 
     from convrec.baselines import predictions_frame
-    from convrec.evaluation import EvalConfig, evaluate
+    from convrec.evaluation.evaluate import EvalConfig, evaluate
 
     prep = prepare(samples, teacher, catalog, embedder, cfg)
     conv_row = {c: i for i, c in enumerate(prep.convs["conversation_id"].to_list())}

@@ -22,9 +22,9 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from convrec.catalog import Catalog
-from convrec.constrained import CatalogConstraints, RowConstraint
-from convrec.generate import encode_prompt, left_pad
-from convrec.mentions import MentionFinder
+from convrec.decoding.constrained import CatalogConstraints, RowConstraint
+from convrec.decoding.generate import encode_prompt, left_pad
+from convrec.decoding.mentions import MentionFinder
 from convrec.models.load import stop_token_ids
 
 log = logging.getLogger("convrec.serve")

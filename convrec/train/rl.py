@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from convrec.catalog import Catalog
-from convrec.constrained import CatalogConstraints
 from convrec.data import item_lists, load_split, open_catalog
+from convrec.decoding.constrained import CatalogConstraints
+from convrec.decoding.generate import encode_prompts, left_pad, list_token_budget
+from convrec.decoding.mentions import MentionFinder
 from convrec.errors import ConvrecError
-from convrec.evaluation import validate_lists
-from convrec.generate import encode_prompts, left_pad, list_token_budget
-from convrec.mentions import MentionFinder
+from convrec.evaluation.evaluate import validate_lists
 from convrec.models.load import load_model, load_tokenizer, stop_token_ids
 from convrec.train import checkpoint, distributed, precision, rank_grpo, rl_rewards, runlog
 from convrec.train.config import RLConfig

@@ -13,8 +13,8 @@ from functools import lru_cache
 import torch
 
 from convrec.catalog import Catalog
+from convrec.evaluation.metrics import DUP, OUT, judge_lists
 from convrec.listfmt import parse_line
-from convrec.metrics import DUP, OUT, judge_lists
 from convrec.train import rank_grpo
 
 

@@ -3,7 +3,7 @@
 `hf` runs transformers' generate on the policy itself (the CPU path and the default): the prompts
 of a batch are prefilled once, their KV cache repeated G times, and generation continues from it,
 so a prompt is encoded once, not G times; constrained rollouts then run the plain decoding loop
-`convrec.decoding.decode_constrained` (the same masked distribution, fewer passes). `vllm` runs a
+`convrec.decoding.loop.decode_constrained` (the same masked distribution, fewer passes). `vllm` runs a
 colocated vLLM engine (optional GPU dependency, prefix caching on, ``n = G`` per prompt) whose
 weights are refreshed from the policy after every update.
 """
@@ -17,10 +17,10 @@ from typing import Protocol
 
 import torch
 
-from convrec.constrained import CatalogConstraints, RowConstraint
-from convrec.decoding import decode_constrained
+from convrec.decoding.constrained import CatalogConstraints, RowConstraint
+from convrec.decoding.generate import left_pad
+from convrec.decoding.loop import decode_constrained
 from convrec.errors import ConvrecError
-from convrec.generate import left_pad
 from convrec.train.config import ENGINES
 from convrec.train.logits import cache_kwarg, new_cache
 
@@ -66,7 +66,7 @@ def stops_of(cfg: SamplingConfig, tokenizer) -> list[int]:
 
 class HFEngine:
     """Sampling with the policy module itself; nothing to sync. With ``constraints`` (the catalog
-    trie) it can sample catalog-constrained lists (`convrec.constrained`)."""
+    trie) it can sample catalog-constrained lists (`convrec.decoding.constrained`)."""
 
     def __init__(self, model, tokenizer, *, share_prompt: bool = True, constraints: CatalogConstraints | None = None):
         self.model, self.tokenizer, self.share_prompt = model, tokenizer, share_prompt

@@ -18,9 +18,9 @@ import torch
 
 from convrec import artifacts
 from convrec.data import item_lists, load_split, open_catalog
+from convrec.decoding.generate import GenerationConfig
 from convrec.errors import ConvrecError
-from convrec.evaluation import validate_lists
-from convrec.generate import GenerationConfig
+from convrec.evaluation.evaluate import validate_lists
 from convrec.models.load import load_model, load_tokenizer
 from convrec.train import checkpoint, distributed, lora, precision, runlog
 from convrec.train.config import SFTConfig

@@ -15,8 +15,8 @@ import torch
 from convrec.baselines import cooc
 from convrec.catalog import Catalog, normalize_title
 from convrec.data import item_lists
+from convrec.decoding.generate import encode_prompt
 from convrec.errors import ConvrecError
-from convrec.generate import encode_prompt
 from convrec.listfmt import format_list
 from convrec.models.load import turn_end_id
 

@@ -318,7 +318,7 @@ def run(opts: Options, console, root, restart: bool = False) -> dict:
     when the machine has 2+ cores); returns the state: per-step seconds, the steps run now, the wall time."""
     from rich.markup import escape
 
-    from convrec import side_by_side
+    from convrec.demo import side_by_side
     from convrec.train import checkpoint, distributed
 
     out = opts.out
@@ -412,7 +412,7 @@ def final_rows(metrics_json: Path, data: Path | None = None) -> list[tuple[str, 
 def paired_against(data: Path, preds: list[Path], base: Path, split: str = "test") -> dict[str, dict]:
     """stem → `convrec eval --baseline`'s paired differences at k = 20, computed by the same code."""
     from convrec.data import load_split, open_catalog
-    from convrec.evaluation import EvalConfig, compare, evaluate
+    from convrec.evaluation.evaluate import EvalConfig, compare, evaluate
 
     catalog, samples, cfg = open_catalog(data), load_split(data, split), EvalConfig(ks=(20,))
 

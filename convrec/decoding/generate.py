@@ -20,7 +20,7 @@ from convrec.prompts import build_messages
 
 if TYPE_CHECKING:
     from convrec.catalog import Catalog
-    from convrec.constrained import CatalogConstraints, RowConstraint
+    from convrec.decoding.constrained import CatalogConstraints, RowConstraint
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_prompt_tokens: int = 768
-    constrained: bool = False  # catalog-constrained decoding (`convrec.constrained`)
+    constrained: bool = False  # catalog-constrained decoding (`convrec.decoding.constrained`)
     exclude_seen: bool = True  # with constrained: never list a title the conversation names
 
 
@@ -118,7 +118,7 @@ def generate_texts(
         batch = prompts[start : start + cfg.batch_size]
         input_ids, attention = left_pad(batch, pad, model.device)
         if constraints is not None:
-            from convrec.decoding import decode_constrained
+            from convrec.decoding.loop import decode_constrained
 
             decoded = decode_constrained(
                 model,
@@ -168,8 +168,8 @@ def generate_predictions(
     prompts = encode_prompts(tokenizer, conversations, cfg.n_items, cfg.max_prompt_tokens)
     constraints, rows = None, None
     if cfg.constrained:
-        from convrec.constrained import CatalogConstraints
-        from convrec.mentions import MentionFinder
+        from convrec.decoding.constrained import CatalogConstraints
+        from convrec.decoding.mentions import MentionFinder
 
         if catalog is None:
             raise ConvrecError("constrained generation needs the catalog")

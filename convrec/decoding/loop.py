@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from convrec.constrained import RowState, mask_scores
+from convrec.decoding.constrained import RowState, mask_scores
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ class CatalogConstraints:
         return CatalogLogitsProcessor(self.trie, constraints)
 
     def states(self, constraints: Sequence[RowConstraint]) -> list[RowState]:
-        """A fresh trie walk per row, for `convrec.decoding.decode_constrained`."""
+        """A fresh trie walk per row, for `convrec.decoding.loop.decode_constrained`."""
         return [RowState(self.trie, c) for c in constraints]
 
     def replay(self, spec: RowConstraint, tokens: Sequence[int]) -> list[torch.Tensor]:

@@ -3,7 +3,7 @@
 Predictions carry raw ``text`` (parsed here with the one parser; he2023 reads it its own way,
 `listfmt.he2023_lines`) and/or ``items``; when both are present ``items`` wins. Every sample of the
 split is scored: a sample without a prediction counts as an empty list, so a partial prediction
-file cannot inflate the numbers. Every mean comes with a 95 % interval (`convrec.intervals`): a
+file cannot inflate the numbers. Every mean comes with a 95 % interval (`convrec.evaluation.intervals`): a
 seeded bootstrap over samples, or, for he2023, the protocol's own mean +- 1.96 SE.
 """
 
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from convrec import intervals
 from convrec.catalog import Catalog
 from convrec.errors import ConvrecError
+from convrec.evaluation import intervals
+from convrec.evaluation.metrics import CODES, DUP, HIT, OUT, PROTOCOLS, items_series, judge, per_item, per_list
 from convrec.listfmt import he2023_clean, he2023_lines, is_format_valid, parse_list
-from convrec.metrics import CODES, DUP, HIT, OUT, PROTOCOLS, items_series, judge, per_item, per_list
 
 CONDITIONS = ("rec", "dis", "all")
 
@@ -202,7 +202,7 @@ def validate_lists(
     """Greedy lists for validation samples, judged by `evaluate` (what `convrec eval` reports); sft's and
     rl's periodic validation. No intervals: a training curve needs the point estimates only.
     ``constrained``: the lists `generate --constrained` would write (catalog items, none twice)."""
-    from convrec.generate import GenerationConfig, generate_predictions, list_token_budget
+    from convrec.decoding.generate import GenerationConfig, generate_predictions, list_token_budget
 
     budget = list_token_budget(tokenizer, catalog, n_items)
     gen = GenerationConfig(
