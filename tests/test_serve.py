@@ -7,6 +7,7 @@ talk to it with the official `openai` client, a plain HTTP client and headless C
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -80,7 +81,7 @@ def lm(world):
 @pytest.fixture(scope="module")
 def server(world):
     data, model = world
-    args = ["--model", model, "--catalog", data, "--api-key-env", KEY_ENV, "--max-batch", "32", "--max-k", "50"]
+    args = ["--model", model, "--data", data, "--api-key-env", KEY_ENV, "--max-batch", "32", "--max-k", "50"]
     proc, url = start_server([*args, "--threads", "1"], {**os.environ, KEY_ENV: KEY}, timeout=180)
     yield url
     out = stop_server(proc)
@@ -283,17 +284,146 @@ def test_engine_timeout_and_budget(lm, catalog):
 
 
 # --- the server ---------------------------------------------------------------------------------
+def assert_catalog_list(text: str, catalog: Catalog, n: int) -> list[tuple[str, int | None]]:
+    items = parse_list(text)
+    assert len(items) == n and len(set(items)) == n, text
+    assert all(catalog.lookup(t, y) >= 0 for t, y in items), text
+    return items
+
+
 def test_openai_client_models_and_chat(client, catalog):
     assert [m.id for m in client.models.list().data] == ["convrec"]
     r = client.chat.completions.create(model="convrec", messages=conversation("Something scary?"), max_tokens=12)
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert r.usage.completion_tokens <= 12 and r.usage.prompt_tokens > 0
-    r = client.chat.completions.create(
-        model="convrec", messages=conversation("Something scary?"), extra_body={"constrained": True, "k": 4}
+    r = client.chat.completions.create(model="convrec", messages=conversation("Something scary?"), extra_body={"k": 4})
+    assert r.choices[0].finish_reason == "stop"
+    assert_catalog_list(r.choices[0].message.content, catalog, 4)
+
+
+def test_chat_defaults_to_a_constrained_list(client, catalog):
+    """Default settings: the served list length of distinct catalog items, as /v1/recommend gives;
+    `"constrained": false` is the documented way to free text (the untrained model writes anything)."""
+    msgs = conversation("Something scary?")
+    r = client.chat.completions.create(model="convrec", messages=msgs)
+    assert_catalog_list(r.choices[0].message.content, catalog, 20)
+    free = client.chat.completions.create(
+        model="convrec", messages=msgs, max_tokens=40, extra_body={"constrained": False}
     )
-    items = parse_list(r.choices[0].message.content)
-    assert r.choices[0].finish_reason == "stop" and len(items) == 4
-    assert all(catalog.lookup(t, y) >= 0 for t, y in items)
+    assert free.choices[0].message.content != r.choices[0].message.content
+
+
+def test_stop_and_neutral_penalties_succeed(client, catalog):
+    msgs = conversation("Something scary?")
+    whole = (
+        client.chat.completions.create(model="convrec", messages=msgs, extra_body={"k": 5}).choices[0].message.content
+    )
+    r = client.chat.completions.create(
+        model="convrec", messages=msgs, stop=["\n"], presence_penalty=0, frequency_penalty=0, extra_body={"k": 5}
+    )
+    assert r.choices[0].message.content == whole.split("\n")[0] and r.choices[0].finish_reason == "stop"
+    # a stop sequence inside a line: the text ends just before it, streamed or not
+    line2 = whole.split("\n")[1]
+    stop = line2[: len(line2) // 2]
+    cut = whole[: whole.index(stop)]
+    kw = dict(model="convrec", messages=msgs, stop=[stop, "never"], extra_body={"k": 5})
+    assert client.chat.completions.create(**kw).choices[0].message.content == cut
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == cut
+
+
+def test_penalties_bias_seed_and_n_are_honoured(client, catalog, lm):
+    msgs = conversation("Something scary?")
+    kw = dict(model="convrec", messages=msgs, extra_body={"k": 6})
+    base = client.chat.completions.create(**kw, logprobs=True)
+    text = base.choices[0].message.content
+    penalised = client.chat.completions.create(**kw, presence_penalty=2, frequency_penalty=2).choices[0].message
+    assert penalised.content != text
+    assert_catalog_list(penalised.content, catalog, 6)  # penalties act before the catalog mask, never against it
+    # logit_bias -100 on the first token the model chose: it chooses another, still a catalog list
+    (banned,) = lm[0](base.choices[0].logprobs.content[0].token, add_special_tokens=False)["input_ids"]
+    biased = client.chat.completions.create(**kw, logit_bias={str(banned): -100}, logprobs=True).choices[0]
+    assert biased.logprobs.content[0].token != base.choices[0].logprobs.content[0].token
+    assert_catalog_list(biased.message.content, catalog, 6)
+    sampled = dict(kw, temperature=1.0, seed=11)
+    a, b = (client.chat.completions.create(**sampled).choices[0].message.content for _ in range(2))
+    assert a == b  # a seed makes a sampled answer reproducible, whatever else is in the batch
+    r = client.chat.completions.create(**sampled, n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2] and r.choices[0].message.content == a
+    assert len({c.message.content for c in r.choices}) > 1  # choice i samples with seed + i
+    assert r.usage.prompt_tokens == base.usage.prompt_tokens  # one prompt, three completions
+
+
+def test_logprobs(client):
+    kw = dict(model="convrec", messages=conversation("A comedy?"), extra_body={"k": 3}, logprobs=True, top_logprobs=3)
+    r = client.chat.completions.create(**kw).choices[0]
+    entries = r.logprobs.content
+    assert "".join(e.token for e in entries) == r.message.content
+    for e in entries:
+        assert e.logprob <= 0 and bytes(e.bytes).decode() == e.token
+        alts = e.top_logprobs
+        assert 1 <= len(alts) <= 3 and alts == sorted(alts, key=lambda a: -a.logprob)
+        assert e.logprob == pytest.approx(max(a.logprob for a in alts))  # greedy: the chosen token is the top one
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("response_format", {"type": "json_object"}),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("tool_choice", "required"),
+        ("modalities", ["text", "audio"]),
+        ("reasoning_effort", "high"),
+    ],
+)
+def test_fields_that_cannot_be_honoured_are_refused_by_name(server, field, value):
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat_body(**{field: value}), headers=auth())
+    assert field in assert_openai_error(r, 400, "unsupported_value", field)["message"]
+
+
+def test_neutral_values_of_standard_fields_are_accepted(server):
+    neutral = {
+        "response_format": {"type": "text"},
+        "tools": [],
+        "tool_choice": "none",
+        "parallel_tool_calls": True,
+        "modalities": ["text"],
+        "logprobs": False,
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "logit_bias": {},
+        "n": 1,
+        "seed": 5,
+        "user": "u1",
+        "metadata": {"a": "b"},
+        "store": False,
+        "stream_options": {"include_usage": True, "include_obfuscation": False},
+        "prompt_cache_key": "k",
+        "safety_identifier": "s",
+    }
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat_body(**neutral), headers=auth(), timeout=120)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"logit_bias": {"not-a-token": 1}}, "logit_bias"),
+        ({"logit_bias": {"10000000": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ],
+)
+def test_bad_values_of_honoured_fields(server, body, param):
+    r = httpx.post(f"{server}/v1/chat/completions", json=chat_body(**body), headers=auth())
+    assert_openai_error(r, 400, "invalid_value", param)
 
 
 def test_openai_client_streaming(client):
@@ -326,7 +456,11 @@ def test_recommend_is_always_in_catalog_across_the_test_split(server, world, cat
         for d in data:
             row = catalog.row_of_id[d["item_id"]]
             assert (d["title"], d["year"]) == (catalog.titles[row], catalog.years[row])
-            assert isinstance(d["score"], float) and d["score"] <= 0
+            assert isinstance(d["score"], float) and d["score"] <= 0 and d["logprob"] <= 0
+        # score: the list's log-probability up to and including the item, so it never rises down the list
+        scores = [d["score"] for d in data]
+        assert scores == sorted(scores, reverse=True)
+        assert scores == pytest.approx(list(itertools.accumulate(d["logprob"] for d in data)), abs=2e-4)
         items = [(d["title"], d["year"]) for d in data]
         assert SEEN not in judge_list(items, [], seen, catalog).status  # seen items named in the text are excluded
         texts.append(format_list(items))
@@ -359,6 +493,16 @@ def test_concurrent_requests_are_batched(server):
     assert all(c.status_code == 200 for c in codes)
     assert metric("batched_requests_total") - rows == 12
     assert metric("batches_total") - batches < 12
+
+
+def test_page_placeholder_names_a_served_item(server, catalog):
+    import html
+
+    import numpy as np
+
+    page = httpx.get(f"{server}/").text
+    assert html.escape(catalog.label(int(np.argmax(catalog.popularity)))) in page
+    assert "The Matrix" not in page
 
 
 def test_health_and_metrics(server):
@@ -400,7 +544,7 @@ def test_malformed_json(server):
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
         ({"messages": []}, "messages"),
-        ({"n": 2}, "n"),
+        ({"n": 9}, "n"),
     ],
 )
 def test_wrong_types_and_values(server, body, param):
@@ -595,17 +739,21 @@ def test_an_unexpected_500_keeps_the_connection_usable(in_process, monkeypatch, 
 # --- the CLI --------------------------------------------------------------------------------------
 def test_serve_cli_errors(world, tmp_path):
     data, model = world
-    proc = run_cli("serve", "--model", model, "--catalog", data, "--api-key-env", "CONVREC_NO_SUCH_VAR_XYZ")
+    proc = run_cli("serve", "--model", model, "--data", data, "--api-key-env", "CONVREC_NO_SUCH_VAR_XYZ")
     assert_user_error(proc, "CONVREC_NO_SUCH_VAR_XYZ")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        proc = run_cli("serve", "--model", model, "--catalog", data, "--port", str(s.getsockname()[1]))
+        proc = run_cli("serve", "--model", model, "--data", data, "--port", str(s.getsockname()[1]))
     assert_user_error(proc, "cannot listen")
-    proc = run_cli("serve", "--model", tmp_path / "nope", "--catalog", data, "--port", str(free_port()))
+    proc = run_cli("serve", "--model", tmp_path / "nope", "--data", data, "--port", str(free_port()))
     assert_user_error(proc, "not a model folder")
-    proc = run_cli("serve", "--model", model, "--catalog", tmp_path / "none.parquet", "--port", str(free_port()))
+    proc = run_cli("serve", "--model", model, "--data", tmp_path / "none.parquet", "--port", str(free_port()))
     assert_user_error(proc, "none.parquet")
+    # the old spellings: one line naming the new flag, before anything else is checked
+    assert_user_error(run_cli("serve", "--model", model, "--catalog", data), "--catalog is now --data")
+    assert_user_error(run_cli("serve", "--catalog", data, "--dtype", "bfloat16"), "is now")
+    assert_user_error(run_cli("serve", "--model", model, "--data", data, "--precision", "fp8"), "fp8")
 
 
 # --- the page, in a real browser ---------------------------------------------------------------

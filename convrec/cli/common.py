@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -35,3 +38,14 @@ def print_report(report: ImportReport) -> None:
     console.print(table)
     for note in report.notes:
         console.print(note)
+
+
+def renamed(old: str, new: str) -> Any:
+    """A hidden option under a flag's old name: using it is a one-line error naming the new one
+    (checked first, before a missing required option could be reported instead)."""
+
+    def reject(value: str | None) -> None:
+        if value is not None:
+            raise ConvrecError(f"{old} is now {new} (one name per concept across commands)")
+
+    return typer.Option(None, old, hidden=True, is_eager=True, expose_value=False, callback=reject)

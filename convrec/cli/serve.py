@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import os
 import socket
+from enum import Enum
 from pathlib import Path
 
 import typer
 
-from convrec.cli.common import console
+from convrec.cli.common import console, renamed
 from convrec.errors import ConvrecError
+
+
+class Precision(str, Enum):
+    """--precision's choices: the weights' dtype in memory."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+PRECISION_DTYPES = {Precision.fp32: "float32", Precision.bf16: "bfloat16", Precision.fp16: "float16"}
 
 
 def serve_command(
     model: str = typer.Option(..., "--model", help="Model folder (e.g. RUN/best) or hub id."),
-    catalog: Path = typer.Option(..., "--catalog", help="Catalog Parquet, or a data folder holding catalog.parquet."),
+    data: Path = typer.Option(
+        ..., "--data", help="Data folder holding catalog.parquet (and matching.json), or a catalog Parquet file."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     api_key_env: str | None = typer.Option(
         None, "--api-key-env", help="Name of an environment variable holding the API key clients must send as Bearer."
     ),
@@ -30,20 +44,27 @@ def serve_command(
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="Largest max_tokens a request may ask for."),
     max_prompt_tokens: int = typer.Option(768, "--max-prompt-tokens", min=16, help="Longer prompts lose old turns."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Largest request body (then 413)."),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: as saved)."),
+    precision: Precision | None = typer.Option(
+        None, "--precision", help="Weights in memory: fp32, bf16 or fp16 (default: as saved)."
+    ),
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="Torch CPU threads (default: all cores but one, left to the HTTP side)."
     ),
+    _catalog: str | None = renamed("--catalog", "--data"),
+    _dtype: str | None = renamed("--dtype", "--precision"),
 ) -> None:
-    """Serve a recommender: OpenAI-compatible /v1/chat/completions, /v1/recommend and a web page at /."""
-    from convrec.models.load import check_dtype
+    """Serve a recommender: OpenAI-compatible /v1/chat/completions, /v1/recommend and a web page at /.
 
+    Every route lists catalog items only (constrained decoding) unless a request sends "constrained": false.
+
+    Example: convrec serve --model out/demo/rl_rank/best --data out/demo/data --port 8000
+    """
+    dtype = PRECISION_DTYPES[precision] if precision else None
     api_key = None
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env, "").strip()
         if not api_key:
             raise ConvrecError(f"--api-key-env {api_key_env}: that environment variable is unset or empty")
-    check_dtype(dtype)
     _check_port(host, port)
 
     import torch
@@ -56,7 +77,7 @@ def serve_command(
 
     # more threads than free cores makes CPU decoding many times slower, not faster
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
-    cat = open_catalog(catalog, allow_file=True)  # a data folder's (or catalog file's folder's) matching rules
+    cat = open_catalog(data, allow_file=True)  # a data folder's (or catalog file's folder's) matching rules
     with console.status("loading the model"):
         tok, mdl = load_tokenizer(model), load_model(model, dtype=dtype)
         engine = Engine(

@@ -3,9 +3,10 @@
 Requests become `Job`s on a queue. The worker takes the first waiting job, waits up to
 ``batch_wait_s`` for more (up to ``max_batch``), and runs one `generate` call per group of jobs
 that share sampling settings. Rows differ in everything else: each has its own catalog
-constraint (or none), token budget, deadline and streaming callback; a `StoppingCriteria` stops
-each row on its own budget, deadline or cancellation, so one batch serves them all.
-Results go back to the asyncio side with `call_soon_threadsafe`.
+constraint (or none), penalties and token biases, stop sequences, token budget, deadline and
+streaming callback; a `StoppingCriteria` stops each row on its own stop sequence, budget, deadline
+or cancellation, so one batch serves them all. A sampled job with a seed runs alone, so that the
+seed alone decides its draws. Results go back to the asyncio side with `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -46,10 +48,17 @@ class Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     on_token: Callable[[int | None], None] | None = None  # streaming: a token id, then None at the end
+    stop: tuple[str, ...] = ()  # stop sequences: the row ends once its text holds one
+    presence_penalty: float = 0.0  # OpenAI's: minus this from every token already generated...
+    frequency_penalty: float = 0.0  # ... and this times its count
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    top_logprobs: int = 0  # > 0: keep that many alternatives (token id, log-prob) per generated token
+    seed: int | None = None  # sampling only
     cancelled: bool = False
     # filled by the worker
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    alternatives: list[list[tuple[int, float]]] = field(default_factory=list)  # with top_logprobs
     items: list[int] | None = None  # catalog rows, for constrained jobs
     complete: bool = True  # constrained: stopped between lines
     finish_reason: str = "stop"  # "stop" | "length" | "timeout" | "cancelled"
@@ -57,7 +66,14 @@ class Job:
 
     @property
     def sampling_key(self) -> tuple:
-        return (self.do_sample, self.temperature, self.top_p) if self.do_sample else (False,)
+        if not self.do_sample:
+            return (False,)
+        alone = id(self) if self.seed is not None else None  # shared draws would depend on the batch
+        return (True, self.temperature, self.top_p, alone)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 class _LogSoftmax(LogitsProcessor):
@@ -71,12 +87,37 @@ class _LogSoftmax(LogitsProcessor):
         return scores
 
 
+class _Adjust(LogitsProcessor):
+    """OpenAI's presence and frequency penalties and `logit_bias`, row by row, before the catalog mask:
+    ``logit[t] -= frequency_penalty * count[t] + presence_penalty * (count[t] > 0) - bias[t]``, counting
+    the tokens this call generated (the prompt's are not penalised, as OpenAI's "so far" means)."""
+
+    def __init__(self, jobs: list[Job], prompt_len: int) -> None:
+        self.prompt_len = prompt_len
+        self.presence = torch.tensor([j.presence_penalty for j in jobs])
+        self.frequency = torch.tensor([j.frequency_penalty for j in jobs])
+        self.biases = [j.logit_bias for j in jobs]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()
+        generated = input_ids[:, self.prompt_len :]
+        if generated.shape[1] and (self.presence.any() or self.frequency.any()):
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+            freq, pres = (x.to(scores.device, scores.dtype)[:, None] for x in (self.frequency, self.presence))
+            scores -= counts * freq + (counts > 0).to(scores.dtype) * pres
+        for r, bias in enumerate(self.biases):
+            if bias:
+                ids = torch.tensor(list(bias), device=scores.device)
+                scores[r, ids] += torch.tensor(list(bias.values()), device=scores.device, dtype=scores.dtype)
+        return scores
+
+
 class _RowStopper(StoppingCriteria):
     """Collects each row's tokens (streaming them) and stops a row at a stop token (any token that ends a
-    turn), its budget, deadline or cancel."""
+    turn), one of its stop sequences, its budget, deadline or cancel."""
 
-    def __init__(self, jobs: list[Job], logp: _LogSoftmax, stops: list[int]) -> None:
-        self.jobs, self.logp, self.stops = jobs, logp, set(stops)
+    def __init__(self, jobs: list[Job], logp: _LogSoftmax, stops: list[int], decode: Callable) -> None:
+        self.jobs, self.logp, self.stops, self.decode = jobs, logp, set(stops), decode
         self.active = [True] * len(jobs)
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
@@ -92,9 +133,13 @@ class _RowStopper(StoppingCriteria):
                 continue
             job.tokens.append(toks[r])
             job.logprobs.append(lps[r])
+            if job.top_logprobs and self.logp.last is not None:
+                job.alternatives.append(_top(self.logp.last[r], job.top_logprobs))
             if job.on_token is not None:
                 job.on_token(toks[r])
-            if len(job.tokens) >= job.max_new_tokens:
+            if job.stop and self._hit_stop(job):
+                self._stop(r, "stop")
+            elif len(job.tokens) >= job.max_new_tokens:
                 self._stop(r, "length")
             elif job.cancelled:
                 self._stop(r, "cancelled")
@@ -102,9 +147,33 @@ class _RowStopper(StoppingCriteria):
                 self._stop(r, "timeout")
         return torch.tensor([not a for a in self.active], dtype=torch.bool, device=input_ids.device)
 
+    def _hit_stop(self, job: Job) -> bool:
+        """Whether the text's tail holds a stop sequence (a token is at least one character, or a
+        part of one: a few more tokens than the longest sequence cover it)."""
+        tail = self.decode(job.tokens[-(max(map(len, job.stop)) + 4) :])
+        return any(s in tail for s in job.stop)
+
     def _stop(self, r: int, reason: str) -> None:
         self.active[r] = False
         self.jobs[r].finish_reason = reason
+
+
+def _top(logp: torch.Tensor, n: int) -> list[tuple[int, float]]:
+    """The n most likely tokens and their log-probabilities; tokens the constraint rules out (−inf) left out."""
+    values, ids = logp.float().topk(min(n, logp.shape[-1]))
+    return [(i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v != float("-inf")]
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """The generator seeded for one call, and restored after it (other requests' draws stay random)."""
+    if seed is None:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 class Engine:
@@ -149,13 +218,24 @@ class Engine:
             raise Overloaded(f"{self.queue.qsize()} requests are waiting; try again shortly")
         self.queue.put(job)
 
-    def line_scores(self, job: Job) -> list[tuple[str, float]]:
-        """Each output line with the summed log-probability of its tokens (a token belongs to the line it starts in)."""
+    def token_starts(self, tokens: list[int]) -> list[int]:
+        """Where each token's text starts in the decoded output."""
         with self._lock:
-            starts = [
-                len(self.tokenizer.decode(job.tokens[:i], skip_special_tokens=True)) for i in range(len(job.tokens))
-            ]
-            text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
+            return [len(self.tokenizer.decode(tokens[:i], skip_special_tokens=True)) for i in range(len(tokens))]
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        with self._lock:
+            return [self.tokenizer.decode([i]) for i in ids]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def line_scores(self, job: Job) -> list[tuple[str, float]]:
+        """Each output line with the summed log-probability of its tokens (a token belongs to the line it
+        starts in, so a line's newline is its own)."""
+        starts = self.token_starts(job.tokens)
+        text = self.decode(job.tokens)
         lines = text.split("\n")
         scores = [0.0] * len(lines)
         for start, lp in zip(starts, job.logprobs, strict=True):
@@ -217,22 +297,24 @@ class Engine:
         input_ids, attention = left_pad([j.prompt for j in jobs], pad, self.model.device)
         constrained = any(j.constraint is not None for j in jobs)
         proc = self.constraints.processor([j.constraint for j in jobs]) if constrained else None
+        adjust = _Adjust(jobs, input_ids.shape[1]) if any(j.adjusts_logits for j in jobs) else None
         logp = _LogSoftmax()
         stops = self.stops
-        stopper = _RowStopper(jobs, logp, stops)
+        stopper = _RowStopper(jobs, logp, stops, self.decode)
         first = jobs[0]
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            max_new_tokens=max(j.max_new_tokens for j in jobs),
-            do_sample=first.do_sample,
-            temperature=first.temperature if first.do_sample else None,
-            top_p=first.top_p if first.do_sample else None,
-            pad_token_id=pad,
-            eos_token_id=stops,
-            logits_processor=LogitsProcessorList([p for p in (proc, logp) if p is not None]),
-            stopping_criteria=StoppingCriteriaList([stopper]),
-        )
+        with _seeded(first.seed if first.do_sample else None, self.model.device):
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max(j.max_new_tokens for j in jobs),
+                do_sample=first.do_sample,
+                temperature=first.temperature if first.do_sample else None,
+                top_p=first.top_p if first.do_sample else None,
+                pad_token_id=pad,
+                eos_token_id=stops,
+                logits_processor=LogitsProcessorList([p for p in (adjust, proc, logp) if p is not None]),
+                stopping_criteria=StoppingCriteriaList([stopper]),
+            )
         if proc is not None:
             proc.finish(out)
         self.batches += 1

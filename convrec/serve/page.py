@@ -1,5 +1,17 @@
 """The web page at `/`: type a conversation, see the ranked list (calls `POST /v1/recommend`)."""
 
+from __future__ import annotations
+
+import numpy as np
+
+from convrec.catalog import Catalog
+
+
+def placeholder(catalog: Catalog) -> str:
+    """The example conversation in the empty text box: it names the served catalog's most popular item."""
+    return f"User: I loved {catalog.label(int(np.argmax(catalog.popularity)))}. Something similar?"
+
+
 PAGE = """<!doctype html>
 <html lang="en">
 <head>
@@ -26,7 +38,7 @@ PAGE = """<!doctype html>
 <h1>convrec recommender</h1>
 <p class="hint">Model <b id="model-name">MODEL_NAME</b> &middot; CATALOG_SIZE catalog items.
 Write the conversation below; start lines with <code>User:</code> or <code>Assistant:</code> for several turns.</p>
-<textarea id="conversation" placeholder="User: I loved The Matrix (1999). Something similar?"></textarea>
+<textarea id="conversation" placeholder="PLACEHOLDER"></textarea>
 <div class="row">
   <label>items <input id="k" type="number" min="1" max="MAX_K" value="10"></label>
   <label><input id="exclude-seen" type="checkbox" checked> hide movies named in the conversation</label>

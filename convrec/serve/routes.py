@@ -1,14 +1,16 @@
 """The routes of the HTTP API: `/`, `/health`, `/metrics`, `/v1/models`, `/v1/chat/completions`
 (OpenAI-compatible, streamed or not) and `/v1/recommend` (ranked catalog items).
 
-Each handler validates with `convrec.serve.validation`, turns the conversation into an engine
-`Job`, awaits it and shapes the answer the OpenAI way.
+Each handler validates with `convrec.serve.validation`, turns the conversation into engine
+`Job`s, awaits them and shapes the answer the OpenAI way (`convrec.serve.chat`). Every route
+decodes under the catalog constraint unless the request says ``"constrained": false``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
+import itertools
 import json
 import time
 import uuid
@@ -18,9 +20,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 
 from convrec.listfmt import parse_line
+from convrec.serve.chat import ChoiceStream, answer_logprobs, final_text
 from convrec.serve.engine import Engine, Job, Overloaded
 from convrec.serve.metrics import Metrics
-from convrec.serve.page import PAGE
+from convrec.serve.page import PAGE, placeholder
 from convrec.serve.schemas import ChatCompletionRequest, RecommendRequest
 from convrec.serve.validation import (
     APIError,
@@ -29,19 +32,20 @@ from convrec.serve.validation import (
     check_k,
     check_max_tokens,
     check_model,
+    check_supported,
     conversation,
     read_body,
+    stop_sequences,
+    token_biases,
 )
 
 ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/recommend"}
 
 
-def usage(job: Job) -> dict:
-    return {
-        "prompt_tokens": len(job.prompt),
-        "completion_tokens": len(job.tokens),
-        "total_tokens": len(job.prompt) + len(job.tokens),
-    }
+def usage(jobs: list[Job]) -> dict:
+    """One prompt, however many choices were generated from it."""
+    prompt, completion = len(jobs[0].prompt), sum(len(j.tokens) for j in jobs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def finish_reason(job: Job) -> str:
@@ -95,7 +99,9 @@ class Routes:
             raise self.timed_out()
         return done
 
-    def new_job(self, prompt: list[int], constraint, max_new: int, temperature: float | None, top_p: float | None):
+    def new_job(
+        self, prompt: list[int], constraint, max_new: int, temperature: float | None, top_p: float | None, **options
+    ) -> Job:
         loop = asyncio.get_running_loop()
         sample = temperature is not None and temperature > 0
         return Job(
@@ -108,14 +114,33 @@ class Routes:
             deadline=time.monotonic() + self.settings.timeout_s,
             loop=loop,
             future=loop.create_future(),
+            **options,
         )
 
-    def output_text(self, job: Job) -> str:
-        text = self.engine.decode(job.tokens)
-        # a constrained list cut by the token budget ends in a partial title: drop that line
-        return text if job.complete else text.rpartition("\n")[0]
+    def chat_jobs(self, req: ChatCompletionRequest, prompt: list[int], constraint, max_new: int) -> list[Job]:
+        """One job per choice (`n`), carrying every generation field of the request; choice i samples
+        with seed + i, so the choices differ and each is reproducible."""
+        options = {
+            "stop": stop_sequences(req.stop),
+            "presence_penalty": req.presence_penalty or 0.0,
+            "frequency_penalty": req.frequency_penalty or 0.0,
+            "logit_bias": token_biases(req.logit_bias, self.engine.vocab_size),
+            "top_logprobs": (req.top_logprobs or 0) if req.logprobs else 0,
+        }
+        return [
+            self.new_job(
+                prompt,
+                constraint,
+                max_new,
+                req.temperature,
+                req.top_p,
+                seed=None if req.seed is None else req.seed + i,
+                **options,
+            )
+            for i in range(req.n or 1)
+        ]
 
-    def item_entry(self, rank: int, row: int, title: str, year: int | None, score: float) -> dict:
+    def item_entry(self, rank: int, row: int, title: str, year: int | None, score: float, logprob: float) -> dict:
         cat = self.catalog
         return {
             "rank": rank,
@@ -123,6 +148,7 @@ class Routes:
             "title": cat.titles[row] if row >= 0 else title,
             "year": cat.years[row] if row >= 0 else year,
             "score": round(score, 4),
+            "logprob": round(logprob, 4),
         }
 
     # --- pages and status ---------------------------------------------------------------------
@@ -131,6 +157,7 @@ class Routes:
             PAGE.replace("MODEL_NAME", html.escape(self.settings.model_name))
             .replace("CATALOG_SIZE", f"{len(self.catalog):,}")
             .replace("MAX_K", str(self.max_k))
+            .replace("PLACEHOLDER", html.escape(placeholder(self.catalog)))
         )
         return HTMLResponse(body)
 
@@ -172,6 +199,7 @@ class Routes:
         authorize(request, s.api_key)
         req: ChatCompletionRequest = await read_body(request, ChatCompletionRequest, s.max_body_bytes)
         check_model(req.model, s.model_name)
+        check_supported(req, engine.vocab_size)
         msgs = conversation(req.messages, s)
         k = check_k(req.k if req.k is not None else engine.n_items, self.max_k)
         max_new = req.max_completion_tokens or req.max_tokens or engine.constraints.max_new_tokens(k)
@@ -181,70 +209,81 @@ class Routes:
         if req.constrained:
             seen = await asyncio.to_thread(engine.mentions.rows_in_messages, msgs) if req.exclude_seen else ()
             constraint = engine.constraints.row_constraint(k, seen)
-        job = self.new_job(prompt, constraint, max_new, req.temperature, req.top_p)
+        jobs = self.chat_jobs(req, prompt, constraint, max_new)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                self.stream_chat(job, cid, created, include_usage),
+                self.stream_chat(jobs, cid, created, include_usage, bool(req.logprobs)),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        done = await self.run(job)
+        done = await asyncio.gather(*(self.run(j) for j in jobs))
+        choices = []
+        for i, job in enumerate(done):
+            text = await asyncio.to_thread(final_text, engine, job)
+            logprobs = await asyncio.to_thread(answer_logprobs, engine, job, text) if req.logprobs else None
+            message = {"role": "assistant", "content": text}
+            choices.append({"index": i, "message": message, "finish_reason": finish_reason(job), "logprobs": logprobs})
         return {
             "id": cid,
             "object": "chat.completion",
             "created": created,
             "model": s.model_name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": self.output_text(done)},
-                    "finish_reason": finish_reason(done),
-                    "logprobs": None,
-                }
-            ],
+            "choices": choices,
             "usage": usage(done),
         }
 
-    async def stream_chat(self, job: Job, cid: str, created: int, include_usage: bool) -> AsyncIterator[str]:
-        tokens: asyncio.Queue[int | None] = asyncio.Queue()
-        loop = job.loop
-        job.on_token = lambda t: loop.call_soon_threadsafe(tokens.put_nowait, t)
+    async def stream_chat(
+        self, jobs: list[Job], cid: str, created: int, include_usage: bool, logprobs: bool
+    ) -> AsyncIterator[str]:
+        """Server-sent chunks of every choice as its tokens arrive, then each one's finish reason."""
+        tokens: asyncio.Queue[tuple[int, int | None]] = asyncio.Queue()
+        loop = jobs[0].loop
+        for i, job in enumerate(jobs):
+            job.on_token = lambda t, i=i: loop.call_soon_threadsafe(tokens.put_nowait, (i, t))
 
-        def event(delta: dict | None, finish: str | None = None, **extra) -> str:
-            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+        def event(i: int | None, delta: dict | None = None, finish: str | None = None, lps=None, **extra) -> str:
+            choice = {"index": i, "delta": delta, "finish_reason": finish, "logprobs": lps}
             name = self.settings.model_name
             head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name}
-            return sse({**head, "choices": choices, **extra})
+            return sse({**head, "choices": [] if i is None else [choice], **extra})
+
+        def content(i: int, delta) -> str:
+            text, entries = delta
+            return event(i, {"content": text}, lps=None if entries is None else {"content": entries, "refusal": None})
 
         try:
             try:
-                self.engine.submit(job)
+                for job in jobs:
+                    self.engine.submit(job)
             except Overloaded as e:
                 yield sse(overloaded(e).body())
                 return
-            yield event({"role": "assistant", "content": ""})
-            generated: list[int] = []
-            sent = ""
-            while (tok := await tokens.get()) is not None:
-                generated.append(tok)
-                text = self.engine.decode(generated)
-                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                    continue
-                if len(text) > len(sent):
-                    yield event({"content": text[len(sent) :]})
-                    sent = text
-            done = await job.future
-            if done.finish_reason == "timeout":
+            for i in range(len(jobs)):
+                yield event(i, {"role": "assistant", "content": ""})
+            streams = [ChoiceStream(self.engine, job, logprobs) for job in jobs]
+            running = len(jobs)
+            while running:
+                i, tok = await tokens.get()
+                if tok is None:
+                    running -= 1
+                elif delta := streams[i].push():
+                    yield content(i, delta)
+            done = [await job.future for job in jobs]
+            if any(j.finish_reason == "timeout" for j in done):
                 yield sse(self.timed_out().body())
                 return
-            yield event({}, finish_reason(done))
+            for i, (job, stream) in enumerate(zip(done, streams, strict=True)):
+                if rest := stream.finish():
+                    yield content(i, rest)
+                yield event(i, {}, finish_reason(job))
             if include_usage:
                 yield event(None, usage=usage(done))
             yield "data: [DONE]\n\n"
         finally:
-            job.cancelled = True  # a client that went away frees its batch row at the next token
+            for job in jobs:  # a client that went away frees its batch rows at the next token
+                job.cancelled = True
 
     # --- recommendations ----------------------------------------------------------------------
     async def recommend(self, request: Request) -> dict:
@@ -259,19 +298,23 @@ class Routes:
         constraint = engine.constraints.row_constraint(k, seen if req.exclude_seen else ()) if req.constrained else None
         done = await self.run(self.new_job(prompt, constraint, engine.constraints.max_new_tokens(k), None, None))
         lines = await asyncio.to_thread(engine.line_scores, done)
+        # score: log P(the list up to and including this line | conversation), so it never rises down the
+        # list; logprob: the line's own log-probability given the lines above it
+        cumulative = itertools.accumulate(lp for _, lp in lines)
+        scored = [(line, cum, lp) for (line, lp), cum in zip(lines, cumulative, strict=True)]
         data = []
         if done.items is not None:  # constrained: the trie says which item each line is
-            for row, (_, score) in zip(done.items, lines, strict=False):
-                data.append(self.item_entry(len(data) + 1, row, cat.titles[row], cat.years[row], score))
+            for row, (_, cum, lp) in zip(done.items, scored, strict=False):
+                data.append(self.item_entry(len(data) + 1, row, cat.titles[row], cat.years[row], cum, lp))
         else:
-            for line, score in lines:
+            for line, cum, lp in scored:
                 parsed = parse_line(line).item
                 if parsed is None:
                     continue
                 row = cat.lookup(*parsed)
                 if req.exclude_seen and row in seen:
                     continue
-                data.append(self.item_entry(len(data) + 1, row, parsed[0], parsed[1], score))
+                data.append(self.item_entry(len(data) + 1, row, parsed[0], parsed[1], cum, lp))
                 if len(data) == k:
                     break
         return {
@@ -280,5 +323,5 @@ class Routes:
             "constrained": req.constrained,
             "data": data,
             "seen": [{"item_id": cat.item_ids[r], "title": cat.titles[r], "year": cat.years[r]} for r in sorted(seen)],
-            "usage": usage(done),
+            "usage": usage([done]),
         }

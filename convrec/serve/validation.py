@@ -11,7 +11,10 @@ refuse what would break later stages with a 500, and to word the errors the Open
   does, since a silently ignored typo changes the answer. A few OpenAI fields that do not change
   a recommendation are accepted and ignored (see `schemas.IGNORED_FIELDS`); fields inside a
   message are ignored, so a message object returned by the API can be sent back as it is;
-- a wrong type or value: 400 ``invalid_value`` with the field's path as ``param``.
+- a wrong type or value: 400 ``invalid_value`` with the field's path as ``param``;
+- a standard OpenAI field convrec cannot honour (tools, a JSON response format, audio, ...) at a
+  non-neutral value: 400 ``unsupported_value`` naming it (`check_supported`); at its neutral value
+  (``"response_format": {"type": "text"}``, ``"tools": []``) it is accepted.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from convrec.serve.schemas import ChatMessage
+from convrec.serve.schemas import MAX_STOP, ChatCompletionRequest, ChatMessage
 
 MAX_DEPTH = 32  # the deepest valid body (a content part inside a message) is 5 levels
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -190,3 +193,61 @@ def check_max_tokens(max_new: int, limit: int) -> int:
     if max_new > limit:
         raise APIError(400, f"max_tokens must be at most {limit}.", param="max_tokens")
     return max_new
+
+
+def unsupported(field: str, why: str) -> APIError:
+    return APIError(400, f"'{field}' is not supported by this server: {why}.", param=field, code="unsupported_value")
+
+
+# field -> (its neutral values, why another value cannot be honoured)
+_NEUTRAL: dict[str, tuple[tuple, str]] = {
+    "tools": ((None, []), "convrec answers with a list of catalog items and calls no tools"),
+    "functions": ((None, []), "convrec answers with a list of catalog items and calls no functions"),
+    "tool_choice": ((None, "none", "auto"), "convrec calls no tools"),
+    "function_call": ((None, "none", "auto"), "convrec calls no functions"),
+    "modalities": ((None, ["text"]), "convrec writes text only"),
+    "audio": ((None,), "convrec writes text only"),
+    "prediction": ((None,), "predicted outputs are not implemented"),
+    "reasoning_effort": ((None,), "the served model is not a reasoning model"),
+    "verbosity": ((None,), "the answer's length is set by k (a list of k items)"),
+    "web_search_options": ((None,), "convrec recommends from its catalog and does not search the web"),
+}
+
+
+def check_supported(req: ChatCompletionRequest, vocab_size: int) -> None:
+    """Refuse, naming the field, every OpenAI field whose value convrec cannot honour."""
+    for name, (neutral, why) in _NEUTRAL.items():
+        if getattr(req, name) not in neutral:
+            raise unsupported(name, why)
+    if req.response_format is not None and req.response_format.type != "text":
+        raise unsupported("response_format", 'the answer is a numbered plain-text list; only {"type": "text"}')
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs", code="invalid_value")
+    stop_sequences(req.stop)
+    token_biases(req.logit_bias, vocab_size)
+
+
+def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if len(stops) > MAX_STOP or not all(stops):
+        raise APIError(400, f"'stop' takes 1 to {MAX_STOP} non-empty strings.", param="stop", code="invalid_value")
+    return stops
+
+
+def token_biases(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
+    """OpenAI's ``{"token id": bias}`` with ids in the served vocabulary and biases in [-100, 100]."""
+    out = {}
+    for key, value in (bias or {}).items():
+        if not (key.isdigit() and int(key) < vocab_size):
+            raise APIError(
+                400,
+                f"'logit_bias' keys are token ids of the served model (0 to {vocab_size - 1}), got {key!r}.",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        if not -100 <= value <= 100:
+            raise APIError(
+                400, "'logit_bias' values must be between -100 and 100.", param="logit_bias", code="invalid_value"
+            )
+        out[int(key)] = float(value)
+    return out
