@@ -60,7 +60,7 @@ def start_server(model: str, data: Path, key: str, extra: list[str]) -> tuple[su
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "convrec.cli.main", "serve", "--model", model, "--catalog", str(data)]
+    cmd = [sys.executable, "-m", "convrec.cli.main", "serve", "--model", model, "--data", str(data)]
     cmd += ["--port", str(port), "--api-key-env", KEY_ENV, *extra]
     proc = subprocess.Popen(cmd, env={**os.environ, KEY_ENV: key}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
