@@ -20,6 +20,10 @@ with JSON ratings (now and then not JSON, or out of range), a describe prompt wi
 Every request is counted (`counts`) and logged (`log`: number, arrival time, key = sha256 of the
 messages, first and last message heads, the fault served or "ok"), so a test can prove a rerun
 sent none, a retry came after Retry-After, or an interrupt stopped the traffic.
+
+The same server speaks the Files and Batches endpoints (``server.batches``, tests/fake_batches.py):
+each batch line is answered as the request would be online (no faults: a batch's failures are its
+statuses and error files).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.fake_batches import FakeBatches
 
 DEFAULT_KINDS = ("429", "500", "hang")
 PROSE = "I'm sorry, I cannot recommend movies for this conversation right now, please try again."
@@ -65,6 +71,7 @@ class FlakyServer:
         self.lock = threading.Lock()
         self.counts: dict[str, int] = {}
         self.log: list[dict] = []
+        self.batches = FakeBatches(self)  # the Files and Batches endpoints (tests/fake_batches.py)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,8 +81,13 @@ class FlakyServer:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-                server.handle(self, body)
+                raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if self.path.startswith(("/v1/files", "/v1/batches")):
+                    return server.batches.post(self, raw)
+                server.handle(self, json.loads(raw or b"{}"))
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                server.batches.get(self)
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request, client_address) -> None:  # a client that hung up is routine here
@@ -159,25 +171,8 @@ class FlakyServer:
         if fate == "garbage":
             return self._send(h, 200, b"<html>502 Bad Gateway</html>")
         time.sleep(self.delay)
-        if fate == "prose":
-            text = PROSE
-        elif msgs and "Candidates:" in msgs[0]["content"]:
-            text = self.judge(body)
-        elif msgs and msgs[-1]["content"].startswith("In one sentence, describe"):
-            self.count("describe")
-            text = "A tense thriller about a heist that goes wrong."
-        else:
-            text = self.teacher(msgs)
-        payload = json.dumps(
-            {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body.get("model", "m"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": len(str(msgs)) // 4, "completion_tokens": len(text) // 4, "total_tokens": 0},
-            }
-        ).encode()
+        text = PROSE if fate == "prose" else self.answer_text(body)
+        payload = json.dumps(completion(body, text)).encode()
         if fate == "truncated":
             return self._send(h, 200, payload[: len(payload) // 2])
         if fate == "drop":  # promise the whole body, send half, hang up
@@ -188,6 +183,23 @@ class FlakyServer:
             entry["text"] = text
         self.count("answered")
         return self._send(h, 200, payload)
+
+    def respond(self, body: dict) -> dict:
+        """The chat.completion a well-formed request gets (a batch line's response body)."""
+        return completion(body, self.answer_text(body))
+
+    def key(self, msgs: list[dict]) -> str:
+        return messages_key(msgs)
+
+    def answer_text(self, body: dict) -> str:
+        """What the model says to a well-formed request (online, or one line of a batch)."""
+        msgs = body.get("messages", [])
+        if msgs and "Candidates:" in msgs[0]["content"]:
+            return self.judge(body)
+        if msgs and msgs[-1]["content"].startswith("In one sentence, describe"):
+            self.count("describe")
+            return "A tense thriller about a heist that goes wrong."
+        return self.teacher(msgs)
 
     def _rng(self, text: str) -> random.Random:
         return random.Random(int(hashlib.sha1(text.encode()).hexdigest()[:8], 16))
@@ -221,6 +233,19 @@ class FlakyServer:
             self.count("judge out of range")
             ratings["1"] = 5
         return "```json\n" + json.dumps({"ratings": ratings}) + "\n```"
+
+
+def completion(body: dict, text: str) -> dict:
+    """A chat.completion object answering ``body`` with ``text``."""
+    msgs = body.get("messages", [])
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model", "m"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": len(str(msgs)) // 4, "completion_tokens": len(text) // 4, "total_tokens": 0},
+    }
 
 
 def client_config(base_url: str, cache, **kw):

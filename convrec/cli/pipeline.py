@@ -13,13 +13,19 @@ from convrec.cli.common import console
 from convrec.cli.llm_options import (
     BACKOFF,
     BASE_URL,
+    BATCH,
+    BATCH_MAX,
+    BATCH_POLL,
     CACHE,
     CONCURRENCY,
+    DRY_RUN,
     KEY_ENV,
     MAX_CALLS,
+    PRICES,
     RETRIES,
     TIMEOUT,
     USAGE,
+    dry_run_exits,
     llm_config,
     positive,
 )
@@ -62,6 +68,7 @@ def _read_stage(path: Path, stage: str):
     return df.with_columns(pl.col("seen").cast(artifacts.SAMPLES.required["seen"]))
 
 
+@dry_run_exits
 def remap_command(
     data: Path = DATA,
     teacher: str = typer.Option(
@@ -96,6 +103,11 @@ def remap_command(
     max_calls: int | None = MAX_CALLS,
     cache_dir: Path | None = CACHE,
     usage_log: Path | None = USAGE,
+    batch: bool = BATCH,
+    batch_poll: float = BATCH_POLL,
+    batch_max_requests: int = BATCH_MAX,
+    dry_run: bool = DRY_RUN,
+    prices: Path | None = PRICES,
 ) -> None:
     """Ground a teacher's free-text lists in the catalog: s = pᵀ(S + I) + λ·s_context."""
     from convrec.data import load_split
@@ -171,6 +183,7 @@ def remap_command(
         console.print(f"[yellow]no list from the teacher for {len(t_out.unparseable):,} conversations: {named}[/]")
 
 
+@dry_run_exits
 def reflect_command(
     inp: Path = typer.Option(..., "--in", help="Remap Parquet (output of convrec remap)."),
     data: Path = DATA,
@@ -194,6 +207,11 @@ def reflect_command(
     max_calls: int | None = MAX_CALLS,
     cache_dir: Path | None = CACHE,
     usage_log: Path | None = USAGE,
+    batch: bool = BATCH,
+    batch_poll: float = BATCH_POLL,
+    batch_max_requests: int = BATCH_MAX,
+    dry_run: bool = DRY_RUN,
+    prices: Path | None = PRICES,
 ) -> None:
     """Rate the top remap candidates with a judge: s = s_remap + γ·r, r ∈ {−2..2}."""
     for name, v in (("--top-n", top_n), ("--chunk", chunk), ("--n", n)):

@@ -34,12 +34,22 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from convrec.artifacts import atomic_path
 from convrec.errors import ConvrecError
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 DEAD_AFTER = 3  # first attempts failing the same non-transient way that make an endpoint dead
+
+
+class Backend(Protocol):
+    """Another way to answer the uncached requests (the Batch API, a dry run): fills ``out[i]`` for
+    every index in ``todo`` (cache key -> indices of identical requests), caching through the client."""
+
+    def complete(
+        self, client: LLMClient, todo: dict[str, list[int]], requests: Sequence, out: list, desc: str
+    ) -> None: ...
 
 
 @dataclass
@@ -57,6 +67,7 @@ class LLMConfig:
     max_tokens: int = 1024
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     usage_log: Path | None = None
+    batch: Backend | None = None  # answers what the cache lacks instead of online calls (convrec.llm.batch)
 
     def params(self) -> dict:
         """What changes an answer, and so belongs in the cache key."""
@@ -119,7 +130,7 @@ class LLMClient:
                     "or point --base-url at a local OpenAI-compatible server"
                 )
             key = "EMPTY"  # local servers (vLLM, llama.cpp) accept any key
-        self._key = key
+        self.api_key = key
         self._client = None
         self._lock = threading.Lock()
         self._stop = threading.Event()  # set on Ctrl-C or a fatal error: no more requests
@@ -138,11 +149,18 @@ class LLMClient:
         except (OSError, json.JSONDecodeError):  # absent, or a file someone truncated: ask again
             return None
 
-    def _store(self, key: str, record: dict) -> None:
+    def store_answer(self, key: str, text: str, pin: int, pout: int) -> Answer:
+        """Cache a fresh answer (online, or a line of a batch output file) and count it."""
+        record = {"model": self.cfg.model, "text": text, "prompt_tokens": pin, "completion_tokens": pout}
         with atomic_path(self._cache_file(key)) as tmp:
             tmp.write_text(json.dumps(record))
+        with self._lock:
+            self.usage.answered += 1
+            self.usage.prompt_tokens += pin
+            self.usage.completion_tokens += pout
+        return Answer(text, prompt_tokens=pin, completion_tokens=pout)
 
-    def _log(self, record: dict) -> None:
+    def log(self, record: dict) -> None:
         if self.cfg.usage_log is None:
             return
         with self._lock:
@@ -157,7 +175,7 @@ class LLMClient:
 
             # retries are ours (jitter, budget, logging), so the SDK's own are off
             self._client = OpenAI(
-                api_key=self._key, base_url=self.cfg.base_url, timeout=self.cfg.timeout, max_retries=0
+                api_key=self.api_key, base_url=self.cfg.base_url, timeout=self.cfg.timeout, max_retries=0
             )
         return self._client
 
@@ -205,19 +223,13 @@ class LLMClient:
                 text = resp.choices[0].message.content or ""
                 u = getattr(resp, "usage", None)
                 pin, pout = (u.prompt_tokens or 0, u.completion_tokens or 0) if u else (0, 0)
-                self._store(
-                    key, {"model": self.cfg.model, "text": text, "prompt_tokens": pin, "completion_tokens": pout}
-                )
-                with self._lock:
-                    self.usage.answered += 1
-                    self.usage.prompt_tokens += pin
-                    self.usage.completion_tokens += pout
-                self._log(_record(key, attempt, t0, "ok", pin, pout))
+                answer = self.store_answer(key, text, pin, pout)
+                self.log(_record(key, attempt, t0, "ok", pin, pout))
                 self._first_outcome("ok", False)
-                return Answer(text, prompt_tokens=pin, completion_tokens=pout)
+                return answer
             except openai.APIStatusError as e:
                 if e.status_code not in RETRYABLE_STATUS:
-                    self._log(_record(key, attempt, t0, f"http {e.status_code}"))
+                    self.log(_record(key, attempt, t0, f"http {e.status_code}"))
                     raise _Fatal(f"{self._where()}: HTTP {e.status_code} ({_short(e)})") from None
                 last = f"HTTP {e.status_code}"
                 retry_after = _retry_after(e)
@@ -226,7 +238,7 @@ class LLMClient:
                 last, dead = cause or type(e).__name__, cause is not None
             except (ValueError, openai.APIResponseValidationError, openai.APIError) as e:
                 last = f"unreadable response ({type(e).__name__})"
-            self._log(_record(key, attempt, t0, last))
+            self.log(_record(key, attempt, t0, last))
             self._first_outcome(last, dead)
             if attempt < self.cfg.max_retries:
                 with self._lock:
@@ -251,7 +263,9 @@ class LLMClient:
                 self.usage.cached += 1
             else:
                 todo.setdefault(k, []).append(i)
-        if todo:
+        if self.cfg.batch is not None:  # called even with nothing to send: a dry run reports that too
+            self.cfg.batch.complete(self, todo, requests, out, desc)
+        elif todo:
             self._run(todo, requests, out, desc, progress)
         return [a if a is not None else Answer(None, error="not sent") for a in out]
 
