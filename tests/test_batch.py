@@ -58,7 +58,8 @@ def test_input_files_respect_the_request_and_byte_limits(tmp_path):
         one = len(json.dumps({"x": requests[0]})) + 200  # about one line
         client = _batch_client(server, tmp_path, name="bytes", max_bytes=2 * one)
         assert all(a.text for a in client.complete_many(requests))
-        sizes = [len(server.batches.files[server.batches.batches[b]["input_file_id"]]["data"]) for b in server.batches.created]
+        fake = server.batches
+        sizes = [len(fake.files[fake.batches[b]["input_file_id"]]["data"]) for b in fake.created]
         assert len(sizes) >= 5 and max(sizes) <= 2 * one
     for f in (tmp_path / "cache.batches").glob("input-*.jsonl"):  # the documented line format
         for line in f.read_text().splitlines():
