@@ -39,6 +39,13 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "convrec.cli.main", *args]
 
 
+def _run(cmd: list[str]) -> None:
+    """A CLI command; its stderr's tail in the error when it fails."""
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd[2:5])} failed:\n{proc.stderr[-3000:]}")
+
+
 def _flag(command: str, new: str, old: str) -> str:
     """The flag's current name: the CLI renamed some (rl --init -> --model, --dtype -> --precision)."""
     help_text = subprocess.run(_cli(command, "--help"), cwd=ROOT, capture_output=True, text=True).stdout
@@ -91,7 +98,7 @@ def _gen_command_tps(model_dir: str, data: str, tmp: str, constrained: bool) -> 
     cmd = _cli("generate", "--model", model_dir, "--data", data, "--split", "test", "--out", str(out), *bf16)
     cmd += ["--limit", str(GEN_PROMPTS), "--batch-size", str(GEN_PROMPTS), "--max-new-tokens", str(GEN_TOKENS)]
     t = time.perf_counter()
-    subprocess.run([*cmd, *(["--constrained"] if constrained else [])], check=True, cwd=ROOT, capture_output=True)
+    _run([*cmd, *(["--constrained"] if constrained else [])])
     secs = time.perf_counter() - t
     tok = load_tokenizer(model_dir)
     texts = pl.read_parquet(out)["text"].to_list()  # one row per test sample; each conversation once here
@@ -105,7 +112,7 @@ def _rl_step(model_dir: str, data: str, tmp: str, small: bool) -> tuple[float, f
     cmd = _cli("rl", _flag("rl", "--model", "--init"), model_dir, "--data", data, "--out", str(run))
     cmd += ["--max-steps", "1", "--eval-every", "1", "--val-samples", "1", "--lr", "1e-6", "--constrained-rollouts"]
     cmd += RL_SMALL if small else []
-    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    _run(cmd)
     step = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"rollout_s"' in ln][0]
     return step["rollout_s"], step["update_s"]
 
@@ -163,7 +170,9 @@ def main() -> None:
         for name, path in [*models, ("Gemma 3 270M", gemma)]:
             t = time.perf_counter()
             cmd = [sys.executable, __file__, "--child", path, str(tmpp / "data"), tmp, str(int(args.rl_small))]
-            proc = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"{name}: the measuring child failed\n{proc.stderr[-3000:]}")
             results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
             results[name] = {**results[name], "bench wall s": time.perf_counter() - t}
     rl = "RL 2 prompts × 4" if args.rl_small else "RL 4 prompts × 8"
