@@ -50,7 +50,7 @@ def main() -> None:
             table.add_column(col, justify="left" if col == "level" else "right")
         for level, mu in (("rank", 1), ("rank", 2), ("token", 1), ("sequence", 1)):
             run = tmp / f"rl_{level}_{mu}"
-            cli("rl", "--init", init, "--data", data, "--out", str(run), "--level", level, "--mu", str(mu),
+            cli("rl", "--model", init, "--data", data, "--out", str(run), "--level", level, "--mu", str(mu),
                 "--max-steps", str(args.steps), "--eval-every", str(args.steps), "--val-samples", "2")  # fmt: skip
             rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
             rows = [r for r in rows if "rollout_s" in r][1:]

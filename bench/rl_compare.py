@@ -78,7 +78,7 @@ def main() -> None:
         while pending and len(running) < args.parallel:
             level, mu, seed = pending.pop(0)
             run = args.out / f"{level}_mu{mu}_s{seed}"
-            cmd = [*CLI, "rl", "--init", args.init, "--data", args.data, "--out", str(run), "--level", level,
+            cmd = [*CLI, "rl", "--model", args.init, "--data", args.data, "--out", str(run), "--level", level,
                    "--mu", str(mu), "--seed", str(seed), "--max-steps", str(args.steps), *args.extra]  # fmt: skip
             if (run / "last" / "trainer_state.pt").exists():
                 cmd.append("--resume")

@@ -54,7 +54,7 @@ def test_wiring_sizes_and_levels(tmp_path):
     assert _flag(a["synth"], "--size") == "small" and _flag(a["model-init"], "--size") == "tiny"
     assert _flag(a["sft"], "--sft-set") == f"{out}/stage1/sft_set.parquet"
     assert _flag(a["grpo"], "--level") == "token" and _flag(a["rank-grpo"], "--level") == "rank"
-    assert _flag(a["rank-grpo"], "--init") == f"{out}/runs/sft/last"  # the SFT schedule's end
+    assert _flag(a["rank-grpo"], "--model") == f"{out}/runs/sft/last"  # the SFT schedule's end
     assert _flag(a["generate-sft"], "--model") == f"{out}/runs/sft/last"
     assert "--ground-truth-first" in a["adjust"]
     assert _flag(a["teacher-test"], "--split") == "test" and _flag(a["remap"], "--split") == "train"

@@ -111,7 +111,7 @@ def test_import_bad_sources(tmp_path):
     assert_user_error(run_cli("model", "import", tmp_path / "empty", "--out", tmp_path / "m"), "no model weights")
     assert_user_error(run_cli("model", "import", tmp_path / "nowhere", "--out", tmp_path / "m"), "no such file")
     assert_user_error(
-        run_cli("model", "import", tmp_path / "empty", "--out", tmp_path / "m", "--dtype", "float16"), "--dtype"
+        run_cli("model", "import", tmp_path / "empty", "--out", tmp_path / "m", "--precision", "fp16"), "--precision"
     )
     assert not (tmp_path / "m").exists()
 
@@ -147,7 +147,7 @@ def test_import_refuses_a_tokenizer_that_cannot_write_the_catalog(tmp_path, tiny
 
 def test_import_a_local_folder_keeps_its_template(tiny_model, tmp_path):
     path, data = tiny_model
-    proc = run_cli("model", "import", path, "--out", tmp_path / "m", "--data", data, "--dtype", "bfloat16")
+    proc = run_cli("model", "import", path, "--out", tmp_path / "m", "--data", data, "--precision", "bf16")
     assert proc.returncode == 0, proc.stderr
     assert "the model's own" in proc.stdout
     assert load_model(tmp_path / "m").dtype == torch.bfloat16

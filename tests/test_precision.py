@@ -58,7 +58,7 @@ def test_rl_trains_fp32_masters(setup, tmp_path):
     before = _weights(setup / "bf16")
     run = tmp_path / "rl"
     proc = run_cli(
-        *("rl", "--init", setup / "bf16", "--data", setup / "data", "--out", run, "--max-steps", "1"),
+        *("rl", "--model", setup / "bf16", "--data", setup / "data", "--out", run, "--max-steps", "1"),
         *("--lr", str(LR), "--group-size", "2", "--prompts-per-step", "2", "--micro-batch-size", "4"),
         *("--eval-every", "1", "--val-samples", "1", "--max-new-tokens", "24", "--beta", "0", "--n-items", "3"),
         timeout=900,

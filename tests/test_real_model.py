@@ -89,7 +89,7 @@ MODES = {
     "greedy": [],
     "sampled": ["--sample", "--temperature", "0.8"],
     "constrained": ["--constrained"],
-    "constrained_bf16": ["--constrained", "--dtype", "bfloat16"],  # bf16 weights: the fast CPU path
+    "constrained_bf16": ["--constrained", "--precision", "bf16"],  # bf16 weights: the fast CPU path
 }
 
 
@@ -118,7 +118,7 @@ def test_rl_one_step_per_level(gemma, sft_run, tmp_path, level):
     run = tmp_path / level
     extra = {"rank": ["--mu", "2"], "rank-constrained": ["--constrained-rollouts", "--val-constrained"]}
     proc = run_cli(
-        *("rl", "--init", sft_run / "last", "--data", data, "--out", run, "--max-steps", "1"),
+        *("rl", "--model", sft_run / "last", "--data", data, "--out", run, "--max-steps", "1"),
         *("--level", level.removesuffix("-constrained")),
         *("--group-size", "2", "--prompts-per-step", "1", "--micro-batch-size", "2", "--val-samples", "1"),
         *("--eval-every", "1", "--lr", "1e-6", *N, *extra.get(level, [])),

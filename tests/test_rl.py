@@ -38,7 +38,7 @@ def _records(run: Path) -> list[dict]:
 
 
 def _rl(setup, run, steps: int, *extra: str):
-    base = ["--init", setup / "sft" / "best", "--data", setup / "data", "--out", run, "--max-steps", str(steps)]
+    base = ["--model", setup / "sft" / "best", "--data", setup / "data", "--out", run, "--max-steps", str(steps)]
     return run_cli("rl", *base, *RL_ARGS, *extra, timeout=600)
 
 
@@ -98,13 +98,13 @@ def test_constrained_rollouts_stay_in_the_catalog(setup, tmp_path):
         all(r[f"val_{k}"] == 1.0 for k in ("in_catalog", "format_valid")) for r in _records(run) if "val_ndcg@20" in r
     )
     assert json.loads((run / "config.json").read_text())["val_constrained"] is True
-    bad = run_cli("rl", "--init", setup / "sft" / "best", "--data", setup / "data", "--out", tmp_path / "v",
+    bad = run_cli("rl", "--model", setup / "sft" / "best", "--data", setup / "data", "--out", tmp_path / "v",
                   "--engine", "vllm", "--constrained-rollouts")  # fmt: skip
     assert_user_error(bad, "--constrained-rollouts needs --engine hf")
 
 
 def test_kill_and_resume_matches_uninterrupted(setup, tmp_path):
-    common = ["--init", setup / "sft" / "best", "--data", setup / "data", "--max-steps", "5", "--eval-every", "2"]
+    common = ["--model", setup / "sft" / "best", "--data", setup / "data", "--max-steps", "5", "--eval-every", "2"]
     common += ["--mu", "2", *RL_ARGS]
     full = run_cli("rl", "--out", tmp_path / "full", *common, timeout=600)
     assert full.returncode == 0, full.stderr
@@ -128,7 +128,7 @@ def test_zero2_two_processes_on_cpu(setup, tmp_path):
     """DeepSpeed ZeRO-2, 2 processes, gloo: both ranks roll out and update; the saved policy loads and generates."""
     run = tmp_path / "ds"
     cmd = torchrun_command(
-        2, "rl", "--init", str(setup / "sft" / "best"), "--data", str(setup / "data"), "--out", str(run),
+        2, "rl", "--model", str(setup / "sft" / "best"), "--data", str(setup / "data"), "--out", str(run),
         "--max-steps", "2", "--eval-every", "2", "--deepspeed", "ds_configs/zero2.json", *RL_ARGS,
     )  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
@@ -163,8 +163,8 @@ def test_shared_prompt_prefill_samples_the_same_lists(setup):
 
 def test_rl_bad_input(setup, tmp_path):
     base = ["--data", setup / "data", "--out", tmp_path / "r", "--max-steps", "1"]
-    init = ["--init", setup / "sft" / "best"]
-    assert_user_error(run_cli("rl", "--init", tmp_path / "nomodel", *base), "not a model folder")
+    init = ["--model", setup / "sft" / "best"]
+    assert_user_error(run_cli("rl", "--model", tmp_path / "nomodel", *base), "not a model folder")
     assert_user_error(run_cli("rl", *init, *base, "--level", "list"), "unknown level")
     assert_user_error(run_cli("rl", *init, *base, "--reward", "ndcg"), "unknown reward")
     assert_user_error(run_cli("rl", *init, *base, "--engine", "tgi"), "unknown engine")
@@ -186,11 +186,11 @@ def test_rl_needs_rewardable_training_samples(setup, tmp_path):
     shutil.copytree(setup / "data", data)
     train = pl.read_parquet(data / "train.parquet")
     train.with_columns(pl.col("ground_truth").list.head(0)).write_parquet(data / "train.parquet")
-    proc = run_cli("rl", "--init", setup / "sft" / "best", "--data", data, "--out", tmp_path / "r", "--max-steps", "1")
+    proc = run_cli("rl", "--model", setup / "sft" / "best", "--data", data, "--out", tmp_path / "r", "--max-steps", "1")
     assert_user_error(proc, "no sample with a ground truth")
 
 
 def test_no_traceback_on_missing_split(setup, tmp_path):
-    proc = run_cli("rl", "--init", setup / "sft" / "best", "--data", tmp_path, "--out", tmp_path / "r")
+    proc = run_cli("rl", "--model", setup / "sft" / "best", "--data", tmp_path, "--out", tmp_path / "r")
     assert_user_error(proc)
     assert os.path.exists(tmp_path) and not (tmp_path / "r" / "last").exists()

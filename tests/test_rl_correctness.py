@@ -135,7 +135,7 @@ def test_constrained_logps_are_those_of_the_masked_distribution_sampled(policy):
 def test_first_on_policy_pass_has_ratio_one_at_low_temperature(sft_world, tmp_path):
     """T = 0.5, mu = 1: old and new log-probs come from one distribution, so nothing is clipped."""
     run = tmp_path / "t05"
-    base = ["--init", sft_world / "sft" / "best", "--data", sft_world / "data", "--out", run, "--max-steps", "1"]
+    base = ["--model", sft_world / "sft" / "best", "--data", sft_world / "data", "--out", run, "--max-steps", "1"]
     proc = run_cli("rl", *base, *RL_ARGS, "--temperature", "0.5", "--max-new-tokens", "40", "--beta", "0")
     assert proc.returncode == 0, proc.stderr
     step = next(json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln)
@@ -203,20 +203,20 @@ def test_list_token_budget_follows_the_catalog_under_the_tokenizer(policy):
 
 def test_clipped_rollouts_are_logged_and_warned_once(sft_world, tmp_path):
     run = tmp_path / "short"
-    base = ["--init", sft_world / "sft" / "best", "--data", sft_world / "data", "--out", run, "--max-steps", "2"]
+    base = ["--model", sft_world / "sft" / "best", "--data", sft_world / "data", "--out", run, "--max-steps", "2"]
     proc = run_cli("rl", *base, *RL_ARGS, "--max-new-tokens", "6", "--eval-every", "2")
     assert proc.returncode == 0, proc.stderr
     steps = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
     assert [s["clipped_ratio"] for s in steps] == [1.0, 1.0]  # 6 tokens never hold 4 items and a stop
     assert proc.stdout.count("hit the 6-token limit") == 1
-    default = RLConfig(init="x", data="d", out="o")
+    default = RLConfig(model="x", data="d", out="o")
     assert default.max_new_tokens is None  # derived from the catalog (list_token_budget) at run time
 
 
 def test_several_processes_without_deepspeed_are_refused(sft_world, monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConvrecError, match="several processes need --deepspeed"):
-        RLConfig(init="x", data="d", out="o").check()
+        RLConfig(model="x", data="d", out="o").check()
     with pytest.raises(ConvrecError, match="several processes need --deepspeed"):
         sft_train(SFTConfig(data=str(sft_world / "data"), model=str(sft_world / "model"), out=str(tmp_path / "s")))
     assert not (tmp_path / "s").exists()

@@ -9,6 +9,7 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
+from convrec.cli.choices import Size
 from convrec.cli.common import console
 from convrec.errors import ConvrecError
 
@@ -16,7 +17,7 @@ from convrec.errors import ConvrecError
 def demo_command(
     ctx: typer.Context,
     out: Path = typer.Option(Path("out/demo"), "--out", help="Folder for every artifact (data, stage 1, runs, pred)."),
-    size: str = typer.Option("small", "--size", help="small (≤ 10 minutes on 2 CPU cores) or medium."),
+    size: Size = typer.Option("small", "--size", help="small (minutes on 2 CPU cores) or medium."),
     config_file: Path | None = typer.Option(
         None,
         "--config",

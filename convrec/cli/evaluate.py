@@ -5,15 +5,19 @@ differences against one reference file."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.table import Table
 
 from convrec import artifacts
+from convrec.cli.choices import Split
 from convrec.cli.common import console, parse_ks
 from convrec.data import load_split, open_catalog
 from convrec.evaluation.evaluate import EvalConfig, compare, evaluate, metric_columns
 from convrec.evaluation.metrics import PROTOCOLS
+
+Protocol = Literal[tuple(PROTOCOLS)]  # type: ignore[valid-type]
 
 
 def _cell(mean: float, interval: list[float]) -> str:
@@ -31,12 +35,12 @@ def _short(col: str) -> str:
 def eval_command(
     predictions: list[Path] = typer.Argument(..., help="Prediction Parquet files (sample_id + text and/or items)."),
     data: Path = typer.Option(..., "--data", help="Data folder (catalog.parquet, split files, matching.json)."),
-    split: str = typer.Option("test", "--split", help="train, val or test."),
-    protocol: str = typer.Option(
-        "convrec", "--protocol", help=f"Rule set: {' | '.join(PROTOCOLS)} (see convrec/evaluation/metrics.py)."
+    split: Split = typer.Option("test", "--split", help="The split the predictions answer."),
+    protocol: Protocol = typer.Option(
+        "convrec", "--protocol", help="Rule set: convrec, the authors' code, He et al. 2023 (docs/evaluation.md)."
     ),
     k: str | None = typer.Option(None, "--k", help="Cut-offs, comma-separated (default: the protocol's)."),
-    convention: str = typer.Option(
+    convention: Literal["paper", "textbook"] = typer.Option(
         "paper", "--convention", help="Ideal DCG: min(|gt|, filtered len, k) ('paper') or min(|gt|, k) ('textbook')."
     ),
     year_tolerance: int | None = typer.Option(

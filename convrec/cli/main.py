@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from convrec import __version__
-from convrec.cli import baseline, config, data, demo, evaluate, model, pipeline, report, rl, serve, sft
+from convrec.cli import baseline, bounds, config, data, demo, evaluate, model, pipeline, report, rl, serve, sft
 from convrec.cli.common import err_console
 from convrec.errors import ConvrecError
 
@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(data.app, name="data")
 app.add_typer(baseline.app, name="baseline")
@@ -38,8 +39,11 @@ app.command("demo")(demo.demo_command)
 
 
 def click_root():
-    """The click command tree behind `app` (for the config file and the demo's flag checks)."""
-    return typer.main.get_command(app)
+    """The click command tree behind `app`, every numeric option range-checked (`bounds`): what `main`
+    runs, and what the config file and the demo's flag checks read."""
+    root = typer.main.get_command(app)
+    bounds.apply(root)
+    return root
 
 
 @app.callback(invoke_without_command=True)
@@ -76,7 +80,7 @@ def main() -> None:
     """Entry point: user errors (bad input, bad flags) and the machine's (a full disk, a folder that cannot
     be made) become one line on stderr and exit code 2."""
     try:
-        code = app(standalone_mode=False)
+        code = click_root().main(prog_name="convrec", standalone_mode=False)
     except ConvrecError as e:
         _fail(str(e))
     except _USAGE_ERRORS as e:

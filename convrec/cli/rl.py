@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
-from convrec.cli.common import console
+from convrec.cli.choices import ComputePrecision
+from convrec.cli.common import console, renamed
 from convrec.train.config import ENGINES, LEVELS, REWARDS, SHAPING_WEIGHTS, RLConfig, defaults
 
 D = defaults(RLConfig)
 
 
 def rl_command(
-    init: str = typer.Option(..., "--init", help="The SFT model (RUN/best): starting policy and KL reference."),
+    model: str = typer.Option(..., "--model", help="The SFT model (RUN/best): starting policy and KL reference."),
     data: Path = typer.Option(..., "--data", help="Data folder (catalog, train and val splits)."),
     out: Path = typer.Option(..., "--out", help="Run folder: RUN/last, RUN/best, metrics.jsonl."),
-    level: str = typer.Option(D.level, "--level", help=f"{' | '.join(LEVELS)}: Rank-GRPO, GRPO, GSPO."),
-    reward: str = typer.Option(D.reward, "--reward", help=f"Per-rank reward: {' | '.join(REWARDS)} (DCG@k:N)."),
+    level: Literal[LEVELS] = typer.Option(D.level, "--level", help="rank: Rank-GRPO; token: GRPO; sequence: GSPO."),
+    reward: Literal[REWARDS] = typer.Option(D.reward, "--reward", help="Per-rank reward (DCG@k:N)."),
     group_size: int = typer.Option(D.group_size, "--group-size", help="Lists sampled per conversation (G)."),
     prompts_per_step: int = typer.Option(D.prompts_per_step, "--prompts-per-step", help="Conversations per step."),
     mu: int = typer.Option(D.mu, "--mu", help="Optimisation passes per rollout batch (2 = off-policy reuse)."),
-    max_steps: int = typer.Option(D.max_steps, "--max-steps"),
+    max_steps: int = typer.Option(D.max_steps, "--max-steps", help="Optimisation steps (rollout batches)."),
     lr: float = typer.Option(D.lr, "--lr", help="Constant learning rate (1e-6 for 0.5B models)."),
     beta: float = typer.Option(D.beta, "--beta", help="KL weight to the SFT reference (0 = no reference model)."),
     clip_low: float | None = typer.Option(D.clip_low, "--clip-low", help="ε_low; default per level (rank 0.06)."),
     clip_high: float | None = typer.Option(D.clip_high, "--clip-high", help="ε_high; default per level (rank 0.08)."),
-    max_grad_norm: float = typer.Option(D.max_grad_norm, "--max-grad-norm"),
+    max_grad_norm: float = typer.Option(D.max_grad_norm, "--max-grad-norm", help="Gradient clipping norm."),
     adam_betas: tuple[float, float] = typer.Option(D.adam_betas, "--adam-betas", help="AdamW's β1 β2."),
     micro_batch_size: int = typer.Option(D.micro_batch_size, "--micro-batch-size", help="Rollouts per backward."),
     temperature: float = typer.Option(
@@ -45,35 +47,36 @@ def rl_command(
     overflow_penalty: float = typer.Option(D.overflow_penalty, "--overflow-penalty", help="Shaping per overflow unit."),
     early_eos_penalty: float = typer.Option(D.early_eos_penalty, "--early-eos-penalty", help="EOS before item N."),
     exact_eos_bonus: float = typer.Option(D.exact_eos_bonus, "--exact-eos-bonus", help="EOS right after item N."),
-    shaping_weight: str = typer.Option(
+    shaping_weight: Literal[SHAPING_WEIGHTS] = typer.Option(
         D.shaping_weight,
         "--shaping-weight",
-        help=f"{' | '.join(SHAPING_WEIGHTS)}: Rank-GRPO's overflow unit, a line past N or every token (released code).",
+        help="Rank-GRPO's overflow unit: a line past N (item) or every token (token, the released code).",
     ),
     duplicate_penalty: float = typer.Option(
         D.duplicate_penalty, "--duplicate-penalty", help="Reward −λ at a rank that repeats an item (0: the paper's 0)."
     ),
-    engine: str = typer.Option(D.engine, "--engine", help=f"Rollout engine: {' | '.join(ENGINES)} (vllm: GPU)."),
+    engine: Literal[ENGINES] = typer.Option(D.engine, "--engine", help="Rollout engine (vllm: GPU, docs/gpu.md)."),
     constrained_rollouts: bool = typer.Option(
         D.constrained_rollouts,
         "--constrained-rollouts",
         help="Sample only catalog items, none twice (hf engine); the loss scores them under that masked policy.",
     ),
     eval_every: int = typer.Option(D.eval_every, "--eval-every", help="Validate and checkpoint every N steps."),
-    val_samples: int = typer.Option(D.val_samples, "--val-samples"),
+    val_samples: int = typer.Option(D.val_samples, "--val-samples", help="Validation samples (the first N of val)."),
     val_constrained: bool = typer.Option(
         D.val_constrained, "--val-constrained", help="Validate (and pick RUN/best) on catalog-constrained lists."
     ),
-    seed: int = typer.Option(D.seed, "--seed"),
+    seed: int = typer.Option(D.seed, "--seed", help="Seed of the prompt order and the rollouts."),
     resume: bool = typer.Option(D.resume, "--resume", help="Continue exactly from RUN/last."),
-    keep_last: int = typer.Option(D.keep_last, "--keep-last"),
+    keep_last: int = typer.Option(D.keep_last, "--keep-last", help="Keep copies of the last K-1 saves too."),
     deepspeed: Path | None = typer.Option(D.deepspeed, "--deepspeed", help="DeepSpeed config; launch with torchrun."),
-    precision: str = typer.Option(
-        D.precision, "--precision", help="auto, fp32 or bf16 compute (autocast); trained weights stay fp32 (see sft)."
+    precision: ComputePrecision = typer.Option(
+        D.precision, "--precision", help="Compute precision (autocast); trained weights stay fp32 (see sft)."
     ),
+    _init: str | None = renamed("--init", "--model"),
 ) -> None:
     """Rank-GRPO reinforcement learning from an SFT model (token-level GRPO and GSPO as baselines)."""
-    flags = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if not k.startswith("_")}
     from convrec.train.distributed import is_main
     from convrec.train.rl import train
 

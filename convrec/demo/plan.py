@@ -219,7 +219,7 @@ def plan(opts: Options) -> list[Step]:
                 name.replace("_", "-"),
                 f"{'GRPO (token level)' if level == 'token' else 'Rank-GRPO'} from the SFT model",
                 ["rl"],
-                {"init": runs / "sft" / "last", "data": data, "out": runs / name, "level": level},
+                {"model": runs / "sft" / "last", "data": data, "out": runs / name, "level": level},
                 {"seed": opts.seed, **sizes["rl"]},
                 outputs=[runs / name / "last" / "config.json"],
                 run_dir=runs / name,

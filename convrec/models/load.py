@@ -6,6 +6,16 @@ from pathlib import Path
 
 from convrec.errors import ConvrecError
 
+# config.json key: [first, end) of the ids `model import --item-tokens` added, one per catalog line;
+# LoRA SFT trains those embedding rows with the adapter
+ITEM_TOKENS = "convrec_item_tokens"
+
+
+def item_token_ids(model) -> list[int]:
+    """The catalog-line token ids `model import --item-tokens` added to this model (none: [])."""
+    span = getattr(getattr(model, "config", None), ITEM_TOKENS, None)
+    return list(range(*span)) if span else []
+
 
 def quiet_transformers() -> None:
     """No per-shard progress bars or load reports: convrec shows its own progress."""
@@ -78,15 +88,6 @@ def default_device():
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
-
-
-WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def check_dtype(dtype: str | None) -> None:
-    """A `--dtype` value (None = as saved) or a one-line error."""
-    if dtype not in (None, *WEIGHT_DTYPES):
-        raise ConvrecError(f"--dtype must be {', '.join(WEIGHT_DTYPES[:-1])} or {WEIGHT_DTYPES[-1]}, got '{dtype}'")
 
 
 def load_model(name_or_path: str | Path, *, dtype: str | None = None):

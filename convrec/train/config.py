@@ -105,7 +105,7 @@ class SFTConfig:
 
 @dataclass
 class RLConfig:
-    init: str  # the SFT model (RUN/best): the starting policy and the KL reference
+    model: str  # the SFT model (RUN/best): the starting policy and the KL reference
     data: str
     out: str
     level: str = "rank"  # rank (Rank-GRPO) | token (GRPO) | sequence (GSPO)

@@ -165,14 +165,14 @@ def _setup(cfg: RLConfig) -> _Run:
     state = checkpoint.load_state(out / "last") if cfg.resume else None
     torch.manual_seed(cfg.seed)
     catalog = open_catalog(cfg.data)  # the data folder's matching rules (matching.json)
-    policy_path = out / "last" if cfg.resume else cfg.init
+    policy_path = out / "last" if cfg.resume else cfg.model
     tokenizer = load_tokenizer(policy_path)
     dtype = precision.training_dtype(cfg.deepspeed)  # fp32 master weights, even from a bf16 checkpoint
     model = load_model(policy_path, dtype=dtype)
     model.train()
     ref = None
     if cfg.beta > 0:
-        ref = load_model(cfg.init, dtype=dtype)
+        ref = load_model(cfg.model, dtype=dtype)
         ref.eval().requires_grad_(False)
 
     train_df = load_split(cfg.data, "train")
