@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from convrec.cli.common import print_report
+from convrec.cli.common import console, print_report
+from convrec.data.logs import LogFormat, SplitBy
 
 app = typer.Typer(help="Make or import datasets (catalog.parquet + train/val/test samples).", no_args_is_help=True)
 
@@ -64,3 +65,44 @@ def catalog_command(
     from convrec.data.catalog_import import import_catalog
 
     print_report(import_catalog(path, out))
+
+
+@app.command("import")
+def import_command(
+    logs: Path = typer.Argument(
+        ..., help="Conversation logs: chat JSONL, CSV/Parquet rows (id, role, text), or a datasets folder."
+    ),
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog CSV or Parquet (title, year, optional metadata)."),
+    out: Path = typer.Option(..., "--out", help="Data folder to write (replaced as a whole, never half-written)."),
+    fmt: LogFormat = typer.Option("auto", "--format", help="Log shape; auto: by the file suffix (a folder: hf)."),
+    id_field: str = typer.Option(
+        "conversation_id", "--id-field", help="Conversation id key/column (JSONL: else the line number)."
+    ),
+    role_field: str = typer.Option("role", "--role-field", help="Role column of row-shaped logs."),
+    text_field: str = typer.Option("content", "--text-field", help="Message text column of row-shaped logs."),
+    time_field: str = typer.Option(
+        "timestamp", "--time-field", help="Timestamp key/column (epoch seconds or ISO 8601), used when present."
+    ),
+    ground_truth_field: str | None = typer.Option(
+        None,
+        "--ground-truth-field",
+        help="Key/column of assistant turns listing the recommended items; default: the catalog titles "
+        "an assistant turn names.",
+    ),
+    split_by: SplitBy = typer.Option(
+        "auto", "--split-by", help="auto: by time when every conversation has a timestamp, else by id hash."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split by conversation id."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of conversations for validation."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of conversations for test."),
+) -> None:
+    """Import your own conversation logs and catalog; writes the data folder with REPORT.md and report.json."""
+    from convrec.data.data_report import markdown
+    from convrec.data.log_import import SplitOptions, import_logs
+    from convrec.data.logs import LogFields
+
+    fields = LogFields(id_field, role_field, text_field, time_field, ground_truth_field)
+    split = SplitOptions(split_by, seed, val_fraction, test_fraction)
+    report, data_report = import_logs(logs, catalog, out, fmt=fmt, fields=fields, split=split)
+    print_report(report)
+    console.print(markdown(data_report))
