@@ -10,7 +10,21 @@ import typer
 from rich.markup import escape
 
 from convrec import __version__
-from convrec.cli import baseline, bounds, config, data, demo, evaluate, model, pipeline, report, rl, serve, sft
+from convrec.cli import (
+    baseline,
+    bounds,
+    config,
+    data,
+    demo,
+    evaluate,
+    helptext,
+    model,
+    pipeline,
+    report,
+    rl,
+    serve,
+    sft,
+)
 from convrec.cli.common import err_console
 from convrec.errors import ConvrecError
 
@@ -43,6 +57,7 @@ def click_root():
     runs, and what the config file and the demo's flag checks read."""
     root = typer.main.get_command(app)
     bounds.apply(root)
+    helptext.apply(root)
     return root
 
 
