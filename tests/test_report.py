@@ -37,10 +37,11 @@ def _val(step: int, ndcg: float, **extra) -> dict:
     }
 
 
-def write_sft_run(folder: Path, steps: int = 60, val: dict[int, float] = SFT_VAL) -> Path:
+def write_sft_run(folder: Path, steps: int = 60, val: dict[int, float] = SFT_VAL, val_samples: int = 200) -> Path:
     """What `convrec sft` writes: a record per step, validation records as separate lines."""
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"data": "d", "model": "m", "out": str(folder), "sft_set": None}))
+    config = {"data": "d", "model": "m", "out": str(folder), "sft_set": None, "val_samples": val_samples}
+    (folder / "config.json").write_text(json.dumps({**config, "val_constrained": True}))
     rng = random.Random(0)
     lines = []
     for s in range(1, steps + 1):
@@ -55,11 +56,19 @@ def write_sft_run(folder: Path, steps: int = 60, val: dict[int, float] = SFT_VAL
 
 
 def write_rl_run(
-    folder: Path, level: str, mu: int, seed: int, steps: int = 30, val: dict[int, float] | None = None
+    folder: Path,
+    level: str,
+    mu: int,
+    seed: int,
+    steps: int = 30,
+    val: dict[int, float] | None = None,
+    val_samples: int = 200,
+    in_catalog: float | None = None,
 ) -> Path:
     """What `convrec rl` writes: validation at step 0 and every 10 steps, N per-rank mean rewards per step."""
     folder.mkdir(parents=True)
-    config = {"init": "sft/best", "level": level, "reward": "exp_inf", "mu": mu, "seed": seed, "n_items": N}
+    config = {"model": "sft/best", "level": level, "reward": "exp_inf", "mu": mu, "seed": seed, "n_items": N}
+    config |= {"val_samples": val_samples, "val_constrained": True}
     (folder / "config.json").write_text(json.dumps(config))
     rng = random.Random(f"{level}-{mu}-{seed}")
     val = val or {}
@@ -83,7 +92,7 @@ def write_rl_run(
                 "zero_std_groups": 0.0,
                 "zero_std_ranks": 0.4,
                 "items_per_list": 19.8,
-                "in_catalog": 0.95 + rng.uniform(-0.02, 0.02),
+                "in_catalog": 0.95 + rng.uniform(-0.02, 0.02) if in_catalog is None else in_catalog,
                 "format_valid": 0.9,
                 "rollout_s": 3.2,
                 "update_s": 1.1,
@@ -96,8 +105,8 @@ def write_rl_run(
     return folder
 
 
-def write_eval_json(path: Path) -> Path:
-    """The layout `convrec eval ... --json` writes."""
+def write_eval_json(path: Path, baseline: bool = True) -> Path:
+    """The layout `convrec eval ... --json [--baseline pred/cooc.parquet]` writes."""
     results = {}
     for name, base in (("pred/cooc.parquet", 0.25), ("pred/rank_best.parquet", 0.31)):
         m = {"samples": 201, "samples_without_prediction": 0, "convention": "paper", "in_catalog": 0.98}
@@ -108,6 +117,17 @@ def write_eval_json(path: Path) -> Path:
             for c in ("recall", "ndcg")
             for k in (5, 10, 15, 20)
         }
+        if baseline:  # eval compares every file with the baseline, the baseline itself too
+            m["paired_vs_baseline"] = {"baseline": "pred/cooc.parquet"} | {
+                f"{c}@{k}": {
+                    "diff": (base - 0.25),
+                    "low": (base - 0.25) / 2,
+                    "high": (base - 0.25) * 2,
+                    "share_le_0": 0.001,
+                }
+                for c in ("ndcg", "recall")
+                for k in (5, 10, 15, 20)
+            }
         results[name] = m
     path.write_text(json.dumps({"split": "test", "data": "data/synth", "results": results}, indent=2))
     return path
@@ -157,9 +177,20 @@ def test_report_end_to_end(runs, tmp_path):
     assert "| 0.2841 (20) |" in page
     assert "| 0.2213 (40) |" in page
     assert "| 0.2262 (30) |" in page
-    # eval table: both prediction files, all k the file has
-    assert "| rank_best | test |" in page and "| cooc |" in page
-    assert f"{0.31 * (0.7 + 20 / 60):.4f}" in page  # rank_best NDCG@20
+    # eval table: both prediction files, all k the file has, each mean with its 95 % interval
+    assert "| rank_best | test | 201 |" in page and "| cooc |" in page
+    ndcg20 = 0.31 * (0.7 + 20 / 60)
+    assert f"| {ndcg20:.4f} [{ndcg20 - 0.03:.3f}, {ndcg20 + 0.04:.3f}] |" in page  # rank_best NDCG@20
+    # paired differences against the baseline: one row (the baseline's own is left out)
+    assert "### Paired differences" in page and "| rank_best | cooc | +0.0600 [+0.030, +0.120] · 0.001 |" in page
+    assert "| cooc | cooc |" not in page
+    # the reading comes first and says who wins, by how much, and whether the paired difference excludes 0
+    reading = page.split("\n\n")[1]
+    assert reading.startswith("**Reading:** On the test split, **rank_best** ranks first by NDCG@20"), reading
+    assert "ahead of cooc" in reading and "+0.0600 [+0.030, +0.120], above 0" in reading
+    assert "reading: On the test split" in proc.stdout.replace("\n", " ")
+    # every run validated on the same samples: said once, no warning
+    assert "Every run on the same samples (first 200 val samples, constrained)" in page
     # console: the table and where the page is
     assert "Rank-GRPO μ=1 seed 0" in proc.stdout and str(out / "index.md") in proc.stdout.replace("\n", "")
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
@@ -213,6 +244,53 @@ def test_clashing_labels_get_folder_names(tmp_path):
     page = (tmp_path / "report" / "index.md").read_text()
     for label in ("Rank-GRPO μ=1 seed 0 (a)", "Rank-GRPO μ=1 seed 0 (b)", "x/sft", "y/sft"):
         assert page.count(f"| {label} |") == 1, label
+
+
+def test_curves_on_different_validation_samples_are_flagged(tmp_path):
+    """SFT on 200 and RL on 50 samples: RL's step 0 is not SFT's end, and the report says so."""
+    sft = write_sft_run(tmp_path / "sft", val_samples=200)
+    rl = write_rl_run(tmp_path / "rl", "rank", 1, 0, val=RL_VAL["rank_mu1_s0"], val_samples=50)
+    same = write_rl_run(tmp_path / "same", "rank", 1, 1, val=RL_VAL["rank_mu1_s0"])
+    out = tmp_path / "report"
+    assert run_cli("report", sft, rl, "--out", out).returncode == 0
+    page = (out / "index.md").read_text()
+    assert "**The runs validated on different samples** (sft: first 200 val samples, constrained; " in page
+    assert "| first 50 val samples, constrained |" in page
+    assert "compare values within a kind only" in page.split("\n\n")[1]  # the reading warns too
+    flagged = mpimg.imread(out / "val_ndcg.png")
+    assert run_cli("report", sft, same, "--out", tmp_path / "same").returncode == 0
+    assert "different samples" not in (tmp_path / "same" / "index.md").read_text()
+    plain = mpimg.imread(tmp_path / "same" / "val_ndcg.png")
+    red = np.array([0xB2, 0x22, 0x22]) / 255  # the warning above the panels is firebrick
+    assert np.abs(flagged[..., :3] - red).max(axis=-1).min() < 0.05
+    assert np.abs(plain[..., :3] - red).max(axis=-1).min() > 0.05
+
+
+def test_in_catalog_axis_ends_at_100_percent(tmp_path):
+    """A constrained run is at 100 % throughout: the axis must not run to 104 %, and the panel says it."""
+    from convrec.report.plots import plot_in_catalog
+    from convrec.report.runs import load_runs
+
+    runs = load_runs([write_rl_run(tmp_path / "c", "rank", 1, 0, steps=20, val={0: 0.2, 20: 0.3}, in_catalog=1.0)])
+    runs[0].records = [{**r, "val_in_catalog": 1.0} if "val_in_catalog" in r else r for r in runs[0].records]
+    captured = {}
+
+    def keep(fig, path):  # look at the figure itself: its limits and texts
+        captured["fig"] = fig
+        return True
+
+    import convrec.report.plots as plots
+
+    original, plots._save = plots._save, keep
+    try:
+        assert plot_in_catalog(runs, tmp_path / "x.png")
+    finally:
+        plots._save = original
+    (ax,) = captured["fig"].axes
+    low, high = ax.get_ylim()
+    assert 0.85 <= low <= 0.9 and 1.0 < high <= 1.005
+    assert [t.get_text() for t in ax.texts] == ["100 % at every point"]
+    assert max(t for t in ax.get_yticks() if low <= t <= high) == pytest.approx(1.0)
 
 
 def test_moving_average_is_centred_and_keeps_length():

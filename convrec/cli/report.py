@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from convrec.cli.common import console
@@ -21,7 +22,11 @@ def report_command(
     ),
     smooth: int = typer.Option(0, "--smooth", help="Moving-average window in steps (0: about 1/15 of a run; 1: off)."),
 ) -> None:
-    """Plot training curves and eval metrics of runs into PNGs and a Markdown summary page."""
+    """Plot training curves and eval metrics of runs into PNGs and a Markdown summary page: a one-line
+    reading first, then the tables (eval metrics with their 95 % intervals and paired differences).
+
+    Example: convrec report out/demo/runs/sft out/demo/runs/rank_grpo --metrics out/demo/metrics.json --out rep
+    """
     if not runs and not metrics:
         raise ConvrecError("no runs given: pass run folders (and/or eval JSON files with --metrics)")
     if smooth < 0:
@@ -37,7 +42,12 @@ def report_command(
     if loaded:
         console.print(_table("runs", *report.run_rows(loaded)))
     if evals:
-        console.print(_table("evaluation", *report.eval_rows(evals)))
+        console.print(_table("evaluation: mean [95% interval]", *report.eval_rows(evals)))
+        paired = report.paired_rows(evals)
+        if paired:
+            console.print(_table("paired difference vs the baseline: mean [95% interval] · share ≤ 0", *paired))
+    line = escape(report.reading(loaded, evals).replace("**", ""))
+    console.print(f"reading: {line}", highlight=False, soft_wrap=True)
     drawn = [f for f in result.figures if f.file]
     for f in result.figures:
         if not f.file:
@@ -46,9 +56,10 @@ def report_command(
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    """The page's table for a terminal: a cell's interval and share go on lines of their own."""
     table = Table(title=title)
     for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right")
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(row[0], *(c.replace(" [", "\n[").replace(" · ", "\n≤0: ") for c in row[1:]))
     return table

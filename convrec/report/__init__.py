@@ -1,8 +1,8 @@
 """`convrec report`: training curves and eval metrics of runs as PNGs plus one Markdown page.
 
-`runs.py` reads run folders and eval JSON files, `plots.py` draws one figure per function, and
-`write_report` here ties them together into `OUT/index.md` (figures, or a line saying why one was
-skipped, and the summary tables).
+`runs.py` reads run folders and eval JSON files, `plots.py` draws one figure per function,
+`tables.py` writes the tables and the one-line reading, and `write_report` here ties them together
+into `OUT/index.md` (the reading, the tables, then the figures or a line saying why one was skipped).
 """
 
 from __future__ import annotations
@@ -15,8 +15,22 @@ from pathlib import Path
 from convrec.artifacts import atomic_path
 from convrec.errors import ConvrecError
 from convrec.report.runs import EvalResult, Run, load_evals, load_runs
+from convrec.report.tables import eval_rows, fmt, paired_rows, reading, run_rows
 
-__all__ = ["Plot", "Report", "EvalResult", "Run", "load_evals", "load_runs", "write_report", "fmt"]
+__all__ = [
+    "Plot",
+    "Report",
+    "EvalResult",
+    "Run",
+    "load_evals",
+    "load_runs",
+    "write_report",
+    "fmt",
+    "run_rows",
+    "eval_rows",
+    "paired_rows",
+    "reading",
+]
 
 
 @dataclass
@@ -30,72 +44,6 @@ class Plot:
 class Report:
     index: Path
     figures: list[Plot]
-
-
-def fmt(value: float | None, kind: str = "num") -> str:
-    """One cell: '–' for a missing value, percentages for ratios, 4 decimals for metrics."""
-    if value is None:
-        return "–"
-    if kind == "pct":
-        return f"{value:.1%}"
-    if kind == "metric":
-        return f"{value:.4f}"
-    return f"{value:.4g}"
-
-
-def run_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
-    """The per-run table shared by the console and the page."""
-    header = [
-        "run",
-        "kind",
-        "steps",
-        "final loss",
-        "best val NDCG@20 (step)",
-        "final val NDCG@20",
-        "final reward mean",
-        "final in-catalog (rollouts)",
-        "final val in-catalog",
-    ]
-    rows = []
-    for r in runs:
-        s = r.summary()
-        best = "–" if s["best_val_ndcg@20"] is None else f"{s['best_val_ndcg@20']:.4f} ({s['best_step']})"
-        rows.append(
-            [
-                r.label,
-                r.kind,
-                str(s["steps"]),
-                fmt(s["final_loss"]),
-                best,
-                fmt(s["final_val_ndcg@20"], "metric"),
-                fmt(s["final_reward_mean"]),
-                fmt(s["final_in_catalog"], "pct"),
-                fmt(s["final_val_in_catalog"], "pct"),
-            ]
-        )
-    return header, rows
-
-
-def eval_rows(evals: list[EvalResult]) -> tuple[list[str], list[list[str]]]:
-    """Every Recall@k / NDCG@k any file has, sorted by k, plus in-catalog and format-valid."""
-
-    def ks(metric: str) -> list[int]:
-        return sorted({int(m.split("@")[1]) for e in evals for m in e.metrics if re.fullmatch(rf"{metric}@\d+", m)})
-
-    cols = [f"recall@{k}" for k in ks("recall")] + [f"ndcg@{k}" for k in ks("ndcg")]
-    header = ["predictions", "split", *[c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in cols]]
-    header += ["in-catalog", "format-valid"]
-    rows = [
-        [
-            e.name,
-            e.split,
-            *[fmt(e.metrics.get(c), "metric") for c in cols],
-            fmt(e.metrics.get("in_catalog"), "pct"),
-            fmt(e.metrics.get("format_valid"), "pct"),
-        ]
-        for e in evals
-    ]
-    return header, rows
 
 
 def _slug(name: str) -> str:
@@ -133,7 +81,7 @@ def _figures(runs: list[Run], evals: list[EvalResult], out: Path, smooth: int) -
             "Validation NDCG@20",
             "val_ndcg.png",
             lambda p: plots.plot_val_ndcg(runs, p),
-            "At each validation step (RL runs validate at step 0, the SFT model).",
+            _validation_caption(runs),
             "no run logged `val_ndcg@20`",
         ),
     ]
@@ -159,7 +107,7 @@ def _figures(runs: list[Run], evals: list[EvalResult], out: Path, smooth: int) -
             out,
             "eval_bars.png",
             lambda p: plots.plot_eval_bars(evals, p),
-            "From the eval JSON files given with `--metrics`.",
+            "From the eval JSON files given with `--metrics`; error bars: their 95 % intervals.",
             "no eval JSON given (`--metrics M.json`, written by `convrec eval ... --json M.json`)",
         )
     )
@@ -174,6 +122,18 @@ def _figures(runs: list[Run], evals: list[EvalResult], out: Path, smooth: int) -
         )
     )
     return figures
+
+
+def _validation_caption(runs: list[Run]) -> str:
+    """What the validation points are, and whether runs' points can be compared at all."""
+    text = "At each validation step (RL runs validate at step 0, the model they start from)."
+    validations = {r.label: r.validation for r in runs if r.has("val_ndcg@20")}
+    if len(set(validations.values())) > 1:
+        each = "; ".join(f"{label}: {v or 'unknown'}" for label, v in validations.items())
+        text += f" **The runs validated on different samples** ({each}): compare points within a run only."
+    elif validations and None not in validations.values():
+        text += f" Every run on the same samples ({next(iter(validations.values()))})."
+    return text
 
 
 def _smoothing(smooth: int) -> str:
@@ -205,16 +165,26 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _page(runs: list[Run], evals: list[EvalResult], figures: list[Plot]) -> str:
-    lines = ["# convrec report", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+    lines = ["# convrec report", "", f"**Reading:** {reading(runs, evals)}", ""]
+    lines += [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
     if runs:
         lines += ["## Runs", ""]
         lines += _md_table(*run_rows(runs))
         lines += [f"- **{r.label}**: `{r.path}`" for r in runs] + [""]
         lines += [f"> {note}" for r in runs for note in r.notes] + ([""] if any(r.notes for r in runs) else [])
     if evals:
-        lines += ["## Evaluation", ""]
+        lines += ["## Evaluation", "", "Mean [95 % interval] over the split's samples.", ""]
         lines += _md_table(*eval_rows(evals))
         lines += [f"Sources: {', '.join(sorted({f'`{e.source}`' for e in evals}))}", ""]
+        paired = paired_rows(evals)
+        if paired:
+            lines += ["### Paired differences", ""]
+            lines += [
+                "Each file minus the baseline on the same samples: mean [95 % interval] · share of bootstrap "
+                "resamples ≤ 0 (near 0: reliably better than the baseline).",
+                "",
+            ]
+            lines += _md_table(*paired)
     lines += ["## Figures", ""]
     for f in figures:
         lines += [f"### {f.title}", ""]

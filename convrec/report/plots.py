@@ -175,16 +175,25 @@ def plot_kl(runs: list[Run], path: Path, smooth: int = 0) -> bool:
 
 
 def plot_val_ndcg(runs: list[Run], path: Path) -> bool:
-    """(4) validation NDCG@20: a few points per run, unsmoothed with markers; shared y to compare kinds."""
+    """(4) validation NDCG@20: a few points per run, unsmoothed with markers; shared y to compare kinds.
+    Each panel says which samples it validated on; runs that validated on different samples are
+    flagged in red above the panels (SFT on 200 and RL on 50 would make RL "start" below SFT's end)."""
     groups = _kind_groups(runs, ("val_ndcg@20",))
     if not groups:
         return False
     fig, axes = _figure(len(groups), sharey=True)
+    samples = {r.validation for g in groups.values() for r in g}
     for i, (ax, (kind, group)) in enumerate(zip(axes, groups.items(), strict=True)):
+        mixed = len({r.validation for r in group}) > 1  # within a panel: each run names its own samples
         for r in group:
-            ax.plot(*r.series("val_ndcg@20"), color=_color(runs, r), marker="o", label=r.label)
+            label = f"{r.label} ({r.validation or 'samples unknown'})" if mixed else r.label
+            ax.plot(*r.series("val_ndcg@20"), color=_color(runs, r), marker="o", label=label)
         title, xlabel = _panel_labels("Validation NDCG@20", kind, len(groups))
+        if not mixed and group[0].validation:
+            title += f"\n{group[0].validation}"
         _axes(ax, title, xlabel, "NDCG@20" if i == 0 else "")
+    if len(samples) > 1:
+        fig.suptitle("Runs validated on different samples: compare points within a run only", color="firebrick")
     _legend(fig)
     return _save(fig, path)
 
@@ -234,6 +243,19 @@ def plot_eval_bars(evals: list[EvalResult], path: Path) -> bool:
     return _save(fig, path)
 
 
+def _share_axis(axes: list, values: list[float]) -> None:
+    """A share's y axis ends at 100 % (never 104 %) and starts at most at 90 %, below the lowest value;
+    when every value is 100 % (constrained decoding) the panel says so in words instead of showing a
+    flat line as if it were a measurement with room above it."""
+    finite = [v for v in values if np.isfinite(v)]
+    low = min(finite, default=1.0)
+    bottom = max(0.0, min(0.9, low - 0.1 * (1 - low)))
+    for ax in axes:
+        ax.set_ylim(bottom, 1 + 0.015 * (1 - bottom))  # a hair above 100 %: the line stays clear of the frame
+        if finite and low == 1.0:
+            ax.text(0.5, 0.5, "100 % at every point", transform=ax.transAxes, ha="center", color="0.35")
+
+
 def plot_in_catalog(runs: list[Run], path: Path, smooth: int = 0) -> bool:
     """(7) share of listed items found in the catalog: rollouts (RL, solid) and validation (dashed, markers)."""
     groups = _kind_groups(runs, ("in_catalog", "val_in_catalog"))
@@ -252,6 +274,9 @@ def plot_in_catalog(runs: list[Run], path: Path, smooth: int = 0) -> bool:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         title, xlabel = _panel_labels("In-catalog ratio", kind, len(groups))
         _axes(ax, title, xlabel, "listed items in the catalog" if i == 0 else "")
+    _share_axis(
+        axes, [v for g in groups.values() for r in g for k in ("in_catalog", "val_in_catalog") for v in r.series(k)[1]]
+    )
     # colour names the run, line style the source: one entry each instead of one per (run, source)
     handles, labels = _handles(fig)
     handles = [Line2D([], [], color=h.get_color(), linewidth=2) for h in handles]

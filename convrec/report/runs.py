@@ -77,6 +77,15 @@ class Run:
     def steps(self) -> int:
         return max((int(r["step"]) for r in self.records), default=0)
 
+    @property
+    def validation(self) -> str | None:
+        """What the run validated on, from its config: "first N val samples" (+ constrained); None if unknown.
+        Curves of runs that differ here are not comparable (sft and rl both take the split's first N)."""
+        n = self.config.get("val_samples")
+        if not _number(n):
+            return None
+        return f"first {int(n)} val samples" + (", constrained" if self.config.get("val_constrained") else "")
+
     def summary(self) -> dict:
         best = self.best("val_ndcg@20")
         return {
@@ -98,6 +107,8 @@ class EvalResult:
     split: str
     metrics: dict[str, float]
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> 95 % interval
+    baseline: str | None = None  # `eval --baseline`'s file, when it compared this one against it
+    paired: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> diff, low, high, share_le_0
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
@@ -214,9 +225,31 @@ def load_eval(path: Path) -> list[EvalResult]:
         )
     split = str(obj.get("split", "?"))
     return [
-        EvalResult(Path(name).stem, path, split, {k: float(v) for k, v in m.items() if _number(v)}, _intervals(m))
+        EvalResult(
+            Path(name).stem,
+            path,
+            split,
+            {k: float(v) for k, v in m.items() if _number(v)},
+            _intervals(m),
+            *_paired(m, name),
+        )
         for name, m in results.items()
     ]
+
+
+def _paired(m: dict, name: str) -> tuple[str | None, dict[str, dict[str, float]]]:
+    """`eval --baseline`'s paired differences of one result: (the baseline's file, {metric: parts});
+    none for the baseline itself (its difference to itself is 0)."""
+    p = m.get("paired_vs_baseline")
+    if not isinstance(p, dict) or not isinstance(p.get("baseline"), str) or p["baseline"] == name:
+        return None, {}
+    parts = ("diff", "low", "high", "share_le_0")
+    diffs = {
+        k: {part: float(v[part]) for part in parts}
+        for k, v in p.items()
+        if isinstance(v, dict) and all(_number(v.get(part)) for part in parts)
+    }
+    return p["baseline"], diffs
 
 
 def _intervals(m: dict) -> dict[str, tuple[float, float]]:
