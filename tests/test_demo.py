@@ -12,6 +12,7 @@ import pytest
 from convrec.cli import config
 from convrec.cli.main import click_root
 from convrec.demo import plan as demo
+from convrec.demo import runner
 from tests.conftest import assert_user_error, run_cli
 from tests.stage1_data import small_world
 
@@ -118,7 +119,10 @@ def test_the_plan_imports_no_cli_app():
     import subprocess
     import sys
 
-    code = "import sys, convrec.demo, convrec.cli.demo; print([m for m in sys.modules if m.startswith('convrec.cli')])"
+    code = (
+        "import sys, convrec.demo.runner, convrec.demo.results, convrec.cli.demo; "
+        "print([m for m in sys.modules if m.startswith('convrec.cli')])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "convrec.cli.main" not in out and "convrec.cli.config" in out
 
@@ -145,9 +149,9 @@ def test_the_rl_runs_form_one_side_by_side_batch(tmp_path):
     """With 2+ cores the two RL runs are one batch (run at once), every other step its own; one core,
     or torchrun processes, keep the plan one step at a time."""
     steps = demo.plan(_opts(tmp_path))
-    together = [[s.key for s in b] for b in demo._batches(steps, True) if len(b) > 1]
+    together = [[s.key for s in b] for b in runner.batches(steps, True) if len(b) > 1]
     assert together == [["grpo", "rank-grpo"]]
-    assert all(len(b) == 1 for b in demo._batches(steps, False))
+    assert all(len(b) == 1 for b in runner.batches(steps, False))
 
 
 def test_side_by_side_runs_each_command_and_reports_its_exit_and_log(tmp_path):

@@ -36,6 +36,7 @@ def demo_command(
     """The whole ConvRec-R1 pipeline on the embedded default: world → Stage 1 → SFT → RL → eval → report."""
     from convrec.cli import config
     from convrec.demo import plan as demo
+    from convrec.demo import results, runner
 
     root = ctx.find_root().command  # the `convrec` click group this command runs in (no import of cli.main)
     if config_file is None and ctx.parent is not None:  # `convrec --config F demo` passes the file on too
@@ -64,7 +65,7 @@ def demo_command(
         nproc=nproc,
         settings=settings,
     )
-    state = demo.run(opts, console, root, restart=restart)
+    state = runner.run(opts, console, root, restart=restart)
 
     steps = Table(title="stages")
     for col in ("step", "seconds", ""):
@@ -75,7 +76,7 @@ def demo_command(
 
     trained = {demo.ROWS[k] for k in demo.TRAINED}
     data_dir = opts.data or opts.out / "data"
-    console.print(_final_table(demo.final_rows(opts.out / "metrics.json", data_dir), trained))
+    console.print(_final_table(results.final_rows(opts.out / "metrics.json", data_dir), trained))
     ran = len(state["ran"])
     minutes = state["wall_seconds_this_run"] / 60
     console.print(f"wall time {minutes:.1f} min ({ran} of {len(state['steps'])} steps ran now)", highlight=False)

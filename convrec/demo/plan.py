@@ -3,7 +3,8 @@
 synthetic world → baselines → teacher on train (remap → reflect → adjust = the SFT set) → teacher
 on test (remapped, as a zero-shot row) → model init → sft → rl (GRPO and Rank-GRPO) → generate →
 eval → report. Each step runs the real command in this process with the flags printed before it,
-and writes under `--out`, so any single stage can be rerun by hand from the same files.
+and writes under `--out`, so any single stage can be rerun by hand from the same files. This
+module is the plan; `runner` runs it (state, resume, side-by-side RL); `results` reads the table.
 
 Flags come from three places, weakest first: the demo's defaults for the chosen size, the
 pipeline config file (`[sft]`, `[rl]`, ... as for `convrec --config`), and the wiring the demo
@@ -15,18 +16,12 @@ changed, and continues a killed sft or rl run with `--resume`.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convrec import artifacts
 from convrec.cli.config import option_names  # a leaf module: the plan's flags, spelt as the config file spells them
 from convrec.errors import ConvrecError
-
-STATE_FILE = "demo.json"
 
 # Per size: the defaults a config file may override. `small` is the README's first command
 # (≤ 10 minutes on 2 CPU cores); `medium` is a larger world and a larger student.
@@ -123,36 +118,63 @@ def configured(opts: Options, command: list[str]) -> dict[str, Any]:
 
 
 def plan(opts: Options) -> list[Step]:
-    out, sizes = opts.out, SIZES[opts.size]
-    data = opts.data or out / "data"
-    pred, s1, runs = out / "pred", out / "stage1", out / "runs"
+    """The demo's steps in order: world, baselines, Stage 1, student, training, final lists, eval, report."""
+    paths = _Paths(opts)
+    return [
+        *_world(opts, paths),
+        *_baselines(paths),
+        *_stage1(opts, paths),
+        *_student(opts, paths),
+        *_training(opts, paths),
+        *_final_lists(paths),
+        *_scoring(paths),
+    ]
+
+
+class _Paths:
+    """Where the demo writes: OUT/data (unless --data), OUT/stage1, OUT/pred, OUT/runs, OUT/model."""
+
+    def __init__(self, opts: Options):
+        self.out = opts.out
+        self.data = Path(opts.data) if opts.data else opts.out / "data"
+        self.s1, self.pred, self.runs = opts.out / "stage1", opts.out / "pred", opts.out / "runs"
+
+
+def _world(opts: Options, p: _Paths) -> list[Step]:
+    if opts.data is not None:
+        return []
+    return [
+        Step(
+            "synth",
+            "synthetic world (catalog, train/val/test conversations)",
+            ["data", "synth"],
+            {"out": p.data},
+            {"seed": opts.seed, **SIZES[opts.size]["data synth"]},
+            outputs=[p.data / "catalog.parquet", p.data / "test.parquet"],
+        )
+    ]
+
+
+def _baselines(p: _Paths) -> list[Step]:
+    return [
+        Step(
+            kind,
+            f"{kind} baseline on test",
+            ["baseline", kind],
+            {"data": p.data, "split": "test", "out": p.pred / f"{kind}.parquet"},
+            outputs=[p.pred / f"{kind}.parquet"],
+        )
+        for kind in ("popularity", "cooc")
+    ]
+
+
+def _stage1(opts: Options, p: _Paths) -> list[Step]:
+    """Teacher on train (remap → reflect → adjust = the SFT set), and on test as a zero-shot row."""
     synthetic = opts.data is None or (Path(opts.data) / "latent.parquet").exists()
     teacher = "synthetic" if synthetic else "cooc"  # an offline teacher either way; a config names a real one
-    sft_model = configured(opts, ["sft"]).get("model")
-    steps: list[Step] = []
-    if opts.data is None:
-        steps.append(
-            Step(
-                "synth",
-                "synthetic world (catalog, train/val/test conversations)",
-                ["data", "synth"],
-                {"out": data},
-                {"seed": opts.seed, **sizes["data synth"]},
-                outputs=[data / "catalog.parquet", data / "test.parquet"],
-            )
-        )
-    for kind in ("popularity", "cooc"):
-        steps.append(
-            Step(
-                kind,
-                f"{kind} baseline on test",
-                ["baseline", kind],
-                {"data": data, "split": "test", "out": pred / f"{kind}.parquet"},
-                outputs=[pred / f"{kind}.parquet"],
-            )
-        )
     stage1 = {"teacher": teacher, "seed": opts.seed, "tune": True}  # β, λ chosen on val: never below the raw lists
-    steps += [
+    data, s1, pred = p.data, p.s1, p.pred
+    return [
         Step(
             "remap",
             "teacher lists on train, projected onto the catalog",
@@ -191,66 +213,84 @@ def plan(opts: Options) -> list[Step]:
             outputs=[pred / "teacher_remapped.parquet", pred / "teacher_raw.parquet"],
         ),
     ]
-    if sft_model is None:
-        steps.append(
-            Step(
-                "model-init",
-                "student model built locally (tokenizer + random Llama)",
-                ["model", "init"],
-                {"data": data, "out": out / "model"},
-                {"seed": opts.seed, **sizes["model init"]},
-                outputs=[out / "model" / "config.json"],
-            )
+
+
+def _student(opts: Options, p: _Paths) -> list[Step]:
+    """A student built locally, unless the config's `[sft] model` names one."""
+    if configured(opts, ["sft"]).get("model") is not None:
+        return []
+    return [
+        Step(
+            "model-init",
+            "student model built locally (tokenizer + random Llama)",
+            ["model", "init"],
+            {"data": p.data, "out": p.out / "model"},
+            {"seed": opts.seed, **SIZES[opts.size]["model init"]},
+            outputs=[p.out / "model" / "config.json"],
         )
-    steps.append(
+    ]
+
+
+def _training(opts: Options, p: _Paths) -> list[Step]:
+    """SFT on the Stage 1 set, then GRPO and Rank-GRPO from its last checkpoint (side by side)."""
+    runs, sizes = p.runs, SIZES[opts.size]
+    steps = [
         Step(
             "sft",
             "behaviour cloning on the SFT set",
             ["sft"],
-            {"data": data, "out": runs / "sft", "sft_set": s1 / "sft_set.parquet"},
-            {"model": out / "model", "seed": opts.seed, **sizes["sft"]},
+            {"data": p.data, "out": runs / "sft", "sft_set": p.s1 / "sft_set.parquet"},
+            {"model": p.out / "model", "seed": opts.seed, **sizes["sft"]},
             outputs=[runs / "sft" / "last" / "config.json"],
             run_dir=runs / "sft",
         )
-    )
+    ]
     for level, name in (("token", "grpo"), ("rank", "rank_grpo")):
         steps.append(
             Step(
                 name.replace("_", "-"),
                 f"{'GRPO (token level)' if level == 'token' else 'Rank-GRPO'} from the SFT model",
                 ["rl"],
-                {"model": runs / "sft" / "last", "data": data, "out": runs / name, "level": level},
+                {"model": runs / "sft" / "last", "data": p.data, "out": runs / name, "level": level},
                 {"seed": opts.seed, **sizes["rl"]},
                 outputs=[runs / name / "last" / "config.json"],
                 run_dir=runs / name,
                 together="rl",
             )
         )
+    return steps
+
+
+def _final_lists(p: _Paths) -> list[Step]:
     # every row is its run's RUN/last: an RL run's RUN/best may be its step-0 validation, i.e. the SFT model
-    for model, stem in (("sft/last", "sft"), ("grpo/last", "sft_grpo"), ("rank_grpo/last", "sft_rank_grpo")):
-        steps.append(
-            Step(
-                f"generate-{stem.replace('_', '-')}",
-                f"greedy catalog-constrained lists on test from runs/{model}",
-                ["generate"],
-                {"model": runs / model, "data": data, "split": "test", "out": pred / f"{stem}.parquet"},
-                {"constrained": True},  # final lists: catalog items only, no repeats (`[generate]` may turn it off)
-                outputs=[pred / f"{stem}.parquet"],
-            )
+    return [
+        Step(
+            f"generate-{stem.replace('_', '-')}",
+            f"greedy catalog-constrained lists on test from runs/{model}",
+            ["generate"],
+            {"model": p.runs / model, "data": p.data, "split": "test", "out": p.pred / f"{stem}.parquet"},
+            {"constrained": True},  # final lists: catalog items only, no repeats (`[generate]` may turn it off)
+            outputs=[p.pred / f"{stem}.parquet"],
         )
-    steps += [
+        for model, stem in (("sft/last", "sft"), ("grpo/last", "sft_grpo"), ("rank_grpo/last", "sft_rank_grpo"))
+    ]
+
+
+def _scoring(p: _Paths) -> list[Step]:
+    out = p.out
+    return [
         Step(
             "eval",
             "Recall/NDCG@k on test, 95 % intervals, paired differences against co-occurrence",
             ["eval"],
             {
-                "data": data,
+                "data": p.data,
                 "split": "test",
                 "k": "5,10,20",
                 "json": out / "metrics.json",
-                "baseline": pred / "cooc.parquet",
+                "baseline": p.pred / "cooc.parquet",
             },
-            args=[str(pred / f"{stem}.parquet") for stem in ROWS],
+            args=[str(p.pred / f"{stem}.parquet") for stem in ROWS],
             outputs=[out / "metrics.json"],
         ),
         Step(
@@ -258,11 +298,10 @@ def plan(opts: Options) -> list[Step]:
             "training curves and metric plots",
             ["report"],
             {"out": out / "report", "metrics": [out / "metrics.json"]},
-            args=[str(runs / r) for r in ("sft", "grpo", "rank_grpo")],
+            args=[str(p.runs / r) for r in ("sft", "grpo", "rank_grpo")],
             outputs=[out / "report" / "index.md"],
         ),
     ]
-    return steps
 
 
 def argv(step: Step, opts: Options, root) -> list[str]:
@@ -285,139 +324,3 @@ def argv(step: Step, opts: Options, root) -> list[str]:
         for v in value if isinstance(value, list) else [value]:
             words += [p.opts[0], str(v)]
     return words
-
-
-def _load_state(out: Path) -> dict:
-    path = out / STATE_FILE
-    if not path.exists():
-        return {"steps": {}}
-    try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        state = None
-    if not isinstance(state, dict) or not isinstance(state.get("steps"), dict):
-        raise ConvrecError(f"{path}: not a demo state file (delete it, or use another --out)")
-    return state
-
-
-def _batches(steps: list[Step], side_by_side: bool) -> list[list[Step]]:
-    """The plan cut into runs of steps: adjacent steps sharing a `together` tag form one batch when
-    ``side_by_side``, every other step is a batch of its own."""
-    out: list[list[Step]] = []
-    for step in steps:
-        if side_by_side and out and step.together is not None and out[-1][-1].together == step.together:
-            out[-1].append(step)
-        else:
-            out.append([step])
-    return out
-
-
-def run(opts: Options, console, root, restart: bool = False) -> dict:
-    """Run (or continue) the plan with ``root``, the `convrec` click command tree (each step is
-    ``root.main(words)``, as on the command line; the two RL runs side by side in child processes
-    when the machine has 2+ cores); returns the state: per-step seconds, the steps run now, the wall time."""
-    from rich.markup import escape
-
-    from convrec.demo import side_by_side
-    from convrec.train import checkpoint, distributed
-
-    out = opts.out
-    if out.exists() and not out.is_dir():
-        raise ConvrecError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    state = {"steps": {}} if restart else _load_state(out)
-    steps = plan(opts)
-    state["ran"] = []
-    changed = False  # once a step reruns, every later step reruns too
-    started = time.perf_counter()
-    index = {step.key: i for i, step in enumerate(steps, 1)}
-
-    def prepare(step: Step) -> list[str] | None:
-        """The step's command line, or None when it is up to date; prints its header either way."""
-        words = argv(step, opts, root)
-        done = state["steps"].get(step.key, {})
-        # the command line names the config file, not its contents: the step's settings count too
-        settings = json.loads(json.dumps(configured(opts, step.command), default=str))
-        same = done.get("argv") == words and done.get("settings", {}) == settings
-        up_to_date = not changed and same and done.get("ok") and all(p.exists() for p in step.outputs)
-        console.rule(f"[bold][{index[step.key]}/{len(steps)}] {step.key}[/]: {escape(step.title)}")
-        if up_to_date:
-            console.print(f"[dim]up to date ({done['seconds']:.1f} s when it ran); skipped[/]")
-            return None
-        resume = not changed and step.run_dir is not None and same and checkpoint.has_state(step.run_dir / "last")
-        state["steps"][step.key] = {"argv": words, "settings": settings, "ok": False, "seconds": 0.0}
-        if resume:  # a killed sft/rl run with the same inputs and flags continues exactly
-            words = [*words, "--resume"]
-        console.print(f"[dim]$ convrec {escape(' '.join(words))}[/]", soft_wrap=True)
-        artifacts.write_json(state, out / STATE_FILE)
-        return words
-
-    def finish(step: Step, code: int | None, seconds: float, log: Path | None = None) -> None:
-        where = f" (log {log}: {side_by_side.tail(log)})" if log is not None else ""
-        if code not in (None, 0):
-            raise ConvrecError(f"demo step '{step.key}' exited with code {code}{where}")
-        missing = [str(p) for p in step.outputs if not p.exists()]
-        if missing:
-            raise ConvrecError(f"demo step '{step.key}' finished without writing {', '.join(missing)}{where}")
-        state["steps"][step.key].update(ok=True, seconds=seconds)
-        state["ran"].append(step.key)
-        artifacts.write_json(state, out / STATE_FILE)
-
-    parallel = opts.nproc == 1 and side_by_side.cores() >= 2
-    for batch in _batches(steps, parallel):
-        # a batch's steps are independent of each other: each is judged (and resumed) on what came before
-        todo = [(step, words) for step in batch if (words := prepare(step)) is not None]
-        changed = changed or bool(todo)
-        if len(todo) > 1:  # child processes, each on its share of the cores, each logging to a file
-            logs = [out / "logs" / f"{step.key}.log" for step, _ in todo]
-            console.print(
-                f"[dim]{' and '.join(s.key for s, _ in todo)} side by side; logs: {', '.join(map(str, logs))}[/]"
-            )
-            done = side_by_side.run([words for _, words in todo], logs)
-            for (step, _), f in sorted(zip(todo, done, strict=True), key=lambda x: x[1].code != 0):
-                finish(step, f.code, f.seconds, f.log)  # the runs that succeeded are recorded first
-                console.print(f"{step.key}: {side_by_side.tail(f.log, 1)} ({f.seconds:.0f} s)", highlight=False)
-            continue
-        for step, words in todo:
-            t0 = time.perf_counter()
-            try:
-                if step.run_dir is not None and opts.nproc > 1:  # sft / rl in N processes (DeepSpeed from the config)
-                    code = subprocess.run(distributed.torchrun_command(opts.nproc, *words)).returncode
-                else:
-                    code = root.main(args=words, standalone_mode=False, prog_name="convrec")
-            except ConvrecError as e:
-                raise ConvrecError(
-                    f"demo step '{step.key}' failed: {e} (fix it, then rerun the same demo command to continue here)"
-                ) from None
-            finish(step, code, time.perf_counter() - t0)
-    state["wall_seconds_this_run"] = time.perf_counter() - started
-    artifacts.write_json(state, out / STATE_FILE)
-    return state
-
-
-def final_rows(metrics_json: Path, data: Path | None = None) -> list[tuple[str, dict]]:
-    """(label, summary) per prediction file of the eval JSON, in the table's order. With ``data``
-    (the folder the predictions were scored on), each RL row also gets `paired_vs_sft`: its paired
-    NDCG/Recall@20 difference against the SFT row on the same test samples (the eval step's
-    `--baseline` is co-occurrence)."""
-    results = json.loads(Path(metrics_json).read_text())["results"]
-    by_path = {Path(p).stem: Path(p) for p in results}
-    by_stem = {Path(p).stem: s for p, s in results.items()}
-    if data is not None and "sft" in by_path and all(r in by_path for r in RL_ROWS):
-        for stem, paired in paired_against(data, [by_path[r] for r in RL_ROWS], by_path["sft"]).items():
-            by_stem[stem]["paired_vs_sft"] = paired
-    return [(label, by_stem[stem]) for stem, label in ROWS.items() if stem in by_stem]
-
-
-def paired_against(data: Path, preds: list[Path], base: Path, split: str = "test") -> dict[str, dict]:
-    """stem → `convrec eval --baseline`'s paired differences at k = 20, computed by the same code."""
-    from convrec.data import load_split, open_catalog
-    from convrec.evaluation.evaluate import EvalConfig, compare, evaluate
-
-    catalog, samples, cfg = open_catalog(data), load_split(data, split), EvalConfig(ks=(20,))
-
-    def rows(path: Path):
-        return evaluate(artifacts.read(path, artifacts.PREDICTIONS), samples, catalog, cfg)[1]
-
-    base_rows = rows(base)
-    return {p.stem: compare(rows(p), base_rows, cfg) for p in preds}
