@@ -12,6 +12,14 @@ is moved into a model built from the same config without ``quantization_config``
 without a chat template gets its family's turn format (`TEMPLATES`) or the one the user names; the
 turn-end token then becomes the tokenizer's EOS and joins ``generation_config.eos_token_id``, so
 training targets end with the token the model must stop on and every stage stops on it.
+
+``item_tokens`` gives every catalog line with a year (`Title (Year)`) one added token, as `model init
+--item-tokens` does for the tiny student (`tiny.add_item_tokens`, the same rule), but a pretrained model
+already knows the titles as text: each new embedding row starts as the mean of the model's own
+embeddings of the line's pieces ("Super", "▁Tro", "opers", "▁(", "2", ...), so what it learned about
+"Super Troopers" carries over instead of a random row. The embedding is tied to the output head in
+Gemma, so the same row is the item's output vector. The ids go to the config (`load.ITEM_TOKENS`) so
+LoRA SFT trains those rows with the adapter (`convrec.train.lora`). Lists stay plain text.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convrec.errors import ConvrecError
-from convrec.models.load import quiet_transformers
+from convrec.models.load import ITEM_TOKENS, quiet_transformers
 
 GGUF_MAGIC = b"GGUF"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
@@ -195,6 +203,41 @@ def _plain_copy(model, dtype):
     return plain
 
 
+def add_item_tokens(model, tokenizer, catalog) -> int:
+    """One token per catalog line with a year, its embedding the mean of the line's piece embeddings;
+    returns how many were added. ``catalog`` has ``title`` and ``year`` columns (`data.load_catalog`)."""
+    import torch
+
+    from convrec.listfmt import format_item
+    from convrec.models.tiny import add_item_tokens as add_tokens
+
+    lines = list(
+        dict.fromkeys(
+            format_item(t, y) for t, y in zip(catalog["title"], catalog["year"], strict=True) if y is not None
+        )
+    )
+    pieces = tokenizer(lines, add_special_tokens=False)["input_ids"]  # before the lines become tokens
+    first = len(tokenizer)
+    added = add_tokens(tokenizer, catalog)
+    ids = tokenizer.convert_tokens_to_ids(lines)
+    if added != len(lines) or ids != list(range(first, first + added)):
+        raise ConvrecError("some catalog lines are already tokens of this model: import it without --item-tokens")
+    model.resize_token_embeddings(
+        max(len(tokenizer), model.get_input_embeddings().weight.shape[0]), mean_resizing=False
+    )
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for i, p in zip(ids, pieces, strict=True):
+            emb[i] = emb[p].mean(0)
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != emb.data_ptr():  # an untied head: its rows too
+            out = head.weight
+            for i, p in zip(ids, pieces, strict=True):
+                out[i] = out[p].mean(0)
+    setattr(model.config, ITEM_TOKENS, [first, first + added])
+    return added
+
+
 def import_model(
     source: str,
     out: str | Path,
@@ -202,8 +245,10 @@ def import_model(
     dtype: str = "float32",
     template: str | None = None,
     catalog_labels: list[str] | None = None,
+    item_catalog=None,
 ) -> dict:
-    """Load SOURCE, give it a chat template and stop tokens, save it to ``out``; return a summary."""
+    """Load SOURCE, give it a chat template and stop tokens, save it to ``out``; return a summary.
+    ``item_catalog`` (a catalog frame): one added token per catalog line (`add_item_tokens`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -228,7 +273,9 @@ def import_model(
             model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch.float32, **kwargs)
         except Exception as e:
             raise ConvrecError(f"{source}: cannot load the model ({_reason(e)})") from None
-        model = _plain_copy(model, getattr(torch, dtype))
+        model = _plain_copy(model, torch.float32)
+    items = 0 if item_catalog is None else add_item_tokens(model, tokenizer, item_catalog)
+    model = model.to(getattr(torch, dtype))  # the means are taken in fp32, then stored as asked
     tokenizer.chat_template = tpl
     stops = _stop_ids(tokenizer, model, end)
     if tokenizer.pad_token is None:
@@ -246,6 +293,7 @@ def import_model(
         "model type": model.config.model_type,
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab": len(tokenizer),
+        "item tokens": items,
         "dtype": dtype,
         "chat template": how,
         "stop tokens": ", ".join(f"{tokenizer.convert_ids_to_tokens(i)} ({i})" for i in stops),

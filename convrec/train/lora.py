@@ -3,6 +3,9 @@
 Checkpoints stay plain `save_pretrained` folders: the adapter is merged into a copy of the model
 for `RUN/last` and `RUN/best` (so generate, eval and serve need no peft), and the unmerged adapter
 is kept in `RUN/last/adapter` so `--resume` continues the same low-rank weights exactly.
+
+A model imported with one token per catalog line (`model import --item-tokens`) also trains those
+embedding rows (peft's ``trainable_token_indices``; the tied output head follows), merged the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import copy
 from pathlib import Path
 
 from convrec.errors import ConvrecError
+from convrec.models.load import item_token_ids
 
 ADAPTER = "adapter"
 
@@ -24,7 +28,14 @@ def wrap(model, r: int, alpha: int, dropout: float, resume_from: Path | None = N
         if not (resume_from / ADAPTER).is_dir():
             raise ConvrecError(f"{resume_from}: no LoRA adapter to resume from ({ADAPTER}/ missing)")
         return PeftModel.from_pretrained(model, str(resume_from / ADAPTER), is_trainable=True)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+        trainable_token_indices=item_token_ids(model) or None,
+    )
     return get_peft_model(model, config)
 
 
