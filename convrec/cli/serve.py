@@ -57,7 +57,7 @@ def serve_command(
 
     Every route lists catalog items only (constrained decoding) unless a request sends "constrained": false.
 
-    Example: convrec serve --model out/demo/rl_rank/best --data out/demo/data --port 8000
+    Example: convrec serve --model out/demo/runs/rank_grpo/last --data out/demo/data --port 8000
     """
     dtype = PRECISION_DTYPES[precision] if precision else None
     api_key = None

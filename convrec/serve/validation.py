@@ -220,7 +220,9 @@ def check_supported(req: ChatCompletionRequest, vocab_size: int) -> None:
         if getattr(req, name) not in neutral:
             raise unsupported(name, why)
     if req.response_format is not None and req.response_format.type != "text":
-        raise unsupported("response_format", 'the answer is a numbered plain-text list; only {"type": "text"}')
+        raise unsupported(
+            "response_format", 'the answer is plain text, one `Title (Year)` per line; only {"type": "text"}'
+        )
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs", code="invalid_value")
     stop_sequences(req.stop)
