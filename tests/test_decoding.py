@@ -7,6 +7,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from convrec.data import load_split, open_catalog
+from convrec.decoding import loop
 from convrec.decoding.constrained import CatalogConstraints
 from convrec.decoding.generate import encode_prompts, left_pad
 from convrec.decoding.loop import _top_p, decode_constrained
@@ -77,7 +78,7 @@ def test_forced_tokens_share_a_forward_with_the_sampled_one(sft_world, item_mode
     constraints = CatalogConstraints(tok, open_catalog(sft_world / "data"))
     ids, attn, specs = _batch(sft_world, tok, constraints, 6)
     calls = []
-    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    handle = model.get_decoder().register_forward_hook(lambda *_: calls.append(1))
     try:
         got = decode_constrained(
             model, ids, attn, constraints.states(specs), max_new_tokens=constraints.max_new_tokens(6),
@@ -124,3 +125,28 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     z = torch.log(torch.tensor([[0.5, 0.1, 0.3, 0.1], [0.9, 0.05, 0.03, 0.02]]))
     kept = _top_p(z, 0.75) > float("-inf")
     assert kept.tolist() == [[True, False, True, False], [True, False, False, False]]
+
+
+def _old_inverse_cdf(z: torch.Tensor) -> torch.Tensor:
+    """The sampler before issue 30 item 9: inverse CDF over softmax(z).cumsum()."""
+    cdf = torch.softmax(z, dim=-1).cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[1] - 1)
+
+
+@pytest.mark.parametrize("sampler", [loop.sample, pytest.param(_old_inverse_cdf, marks=pytest.mark.xfail(strict=True))])
+def test_sampling_never_picks_a_masked_id_under_an_inexact_scan(monkeypatch, sampler):
+    """CUDA's parallel scan can step the cumulative sum up across a zero-probability entry; emulated
+    here with a cumsum that adds 0.05 at each masked entry. The inverse-CDF draw then lands on masked
+    ids (the old sampler: xfail, strict); `loop.sample` never does."""
+    real = torch.Tensor.cumsum
+
+    def inexact(self, dim, *a, **k):
+        out = real(self, dim, *a, **k)
+        return out + real((self == 0).to(out.dtype) * 0.05, dim)
+
+    monkeypatch.setattr(torch.Tensor, "cumsum", inexact)
+    z = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")]]).expand(4000, -1)
+    torch.manual_seed(0)
+    picked = sampler(z)
+    assert set(picked.unique().tolist()) <= {0, 2}

@@ -77,6 +77,19 @@ def test_import_writes_a_plain_chat_model(gemma):
     assert stop_token_ids(tok)[0] == end  # SFT targets end with the turn end
 
 
+def test_restricted_head_equals_the_masked_full_head_on_gemma(gemma):
+    """Log-probabilities and gradients of the head over allowed ids only, against Gemma's own forward
+    (262k-row tied head, its final logit softcap) masked to the same ids."""
+    import torch
+
+    from convrec.models.load import load_model
+    from tests.test_head import assert_restricted_equals_masked_full
+
+    model = load_model(gemma[0], dtype="float32")
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert_restricted_equals_masked_full(model, ids, atol=2e-4)
+
+
 def test_lora_sft_two_steps(sft_run):
     rows = [json.loads(ln) for ln in (sft_run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r and "step" in r]

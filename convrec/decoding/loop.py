@@ -2,9 +2,10 @@
 
 `model.generate` with `CatalogLogitsProcessor` draws the same lists, but pays transformers'
 per-token machinery (processor lists, stopping criteria, cache bookkeeping), which for a small
-student on a CPU costs more than its forward pass. Each step here is: mask the last logits to
-every row's trie walk (`RowState.next_ids`, the one rule of what a row may write), sample or take
-the argmax, advance the walks, run the model on the new tokens with the KV cache.
+student on a CPU costs more than its forward pass. Each step here is: score the last hidden state
+over every row's allowed ids only (its trie walk, `RowState.next_ids`, the one rule of what a row may
+write; `convrec.decoding.head.RestrictedHead`: never the whole vocabulary), sample or take the argmax,
+advance the walks, run the decoder on the new tokens with the KV cache.
 
 Jump-forward: when the mask leaves every unfinished row exactly one token (with one token per
 catalog line, the newline after each item and the stop token after the k-th), that token is
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from convrec.decoding.constrained import RowState, mask_scores
+from convrec.decoding.constrained import RowState
+from convrec.decoding.head import RestrictedHead
 
 
 @dataclass(frozen=True)
@@ -39,18 +41,24 @@ def _top_p(z: torch.Tensor, top_p: float) -> torch.Tensor:
     return z.masked_fill(drop.scatter(1, order, drop), float("-inf"))
 
 
-def _next_tokens(logits: torch.Tensor, allowed: list[torch.Tensor], greedy: bool, temperature: float, top_p: float):
-    z = mask_scores(logits.float(), allowed)
+def _next_tokens(
+    head: RestrictedHead, h: torch.Tensor, allowed: list[torch.Tensor], greedy: bool, temperature: float, top_p: float
+):
+    """Each row's next token from its last hidden state ``h`` (B × H), under its ``allowed`` ids: the head
+    runs over the union of the rows' ids only (exact under the masked policy)."""
+    scored = head.restricted(h, allowed, 1.0 if greedy else temperature)
     if greedy:
-        return z.argmax(-1)
-    z = z / temperature
-    if top_p < 1.0:
-        z = _top_p(z, top_p)
-    # inverse-CDF draw, one uniform per row (multinomial's cost is a random number per vocabulary entry);
-    # the first index whose cumulative mass passes u·total always carries mass, so a masked token never wins
-    cdf = torch.softmax(z, dim=-1).cumsum(-1)
-    u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[1] - 1)
+        return scored.to_vocab(scored.z.argmax(-1))
+    z = _top_p(scored.z, top_p) if top_p < 1.0 else scored.z
+    return scored.to_vocab(sample(z))
+
+
+def sample(z: torch.Tensor) -> torch.Tensor:
+    """One draw per row from softmax(z) (B × V, −inf where masked) that can never pick a masked entry:
+    `torch.multinomial` draws from the probabilities themselves, and a masked entry's is exactly 0.
+    (An inverse-CDF draw over ``softmax(z).cumsum()`` can: CUDA's parallel scan may step the sum up across
+    a zero-probability entry, and u · total can land on that step.)"""
+    return torch.multinomial(torch.softmax(z, dim=-1), 1).squeeze(-1)
 
 
 @torch.no_grad()
@@ -74,7 +82,9 @@ def decode_constrained(
     shared prompt prefill, repeated per row); without it the whole prompt is run here."""
     from convrec.train.logits import cache_kwarg, new_cache
 
-    key = cache_kwarg(model)
+    head = RestrictedHead(model)
+    body = head.body  # hidden states only: the head runs over the allowed ids, never the vocabulary
+    key = cache_kwarg(body)
     if cache is None:
         cache, feed = new_cache(model), input_ids
     else:
@@ -90,10 +100,8 @@ def decode_constrained(
     n = 0
     allowed = [s.next_ids(device) for s in states]
     while n < max_new_tokens:
-        logits = model(
-            input_ids=feed, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{key: cache}
-        ).logits
-        cols = [_next_tokens(logits[:, -1], allowed, greedy, temperature, top_p).tolist()]
+        hidden = body(input_ids=feed, attention_mask=attn, position_ids=pos, use_cache=True, **{key: cache})
+        cols = [_next_tokens(head, hidden.last_hidden_state[:, -1], allowed, greedy, temperature, top_p).tolist()]
         while True:  # take the column, then every following one the masks force on all live rows
             for r, tok in enumerate(cols[-1]):
                 if live[r]:

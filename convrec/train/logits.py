@@ -9,11 +9,13 @@ scored are gathered, and the output head runs over them in chunks of ``chunk_row
 
 with each chunk under activation checkpointing, so forward and backward hold one chunk's
 (rows × V) fp32 logits at a time, whatever the batch. With ``allowed`` (the token ids a
-constrained sampler allowed at each scored position) the logsumexp runs over those only: the
-log-probability under the masked policy the token was drawn from. ``softcap(z) = c·tanh(z / c)`` is Gemma's
-``final_logit_softcapping`` (identity when the config has none), exactly what the model's own
-forward applies after its ``lm_head``. `prefix_logps` scores completions that continue shared
-prompts (a GRPO group's G samples of one conversation) with one decoder pass per prompt.
+constrained sampler allowed at each scored position) the head runs over those ids only
+(`convrec.decoding.head.RestrictedHead`: a chunk's union of ids, never the vocabulary), and the
+logsumexp over each position's own: the log-probability under the masked policy the token was
+drawn from. ``softcap(z) = c·tanh(z / c)`` is Gemma's ``final_logit_softcapping`` (identity when
+the config has none), exactly what the model's own forward applies after its ``lm_head``.
+`prefix_logps` scores completions that continue shared prompts (a GRPO group's G samples of one
+conversation) with one decoder pass per prompt.
 """
 
 from __future__ import annotations
@@ -24,63 +26,56 @@ from collections.abc import Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from convrec.decoding.head import RestrictedHead, unwrap
+
+__all__ = ["unwrap", "selected_logps", "prefix_logps", "completion_loss", "cache_kwarg", "new_cache"]
+
 CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk
-
-
-def unwrap(model):
-    """The transformers model inside a DeepSpeed engine or a peft wrapper (LoRA layers stay injected)."""
-    model = getattr(model, "module", model)
-    return model.get_base_model() if hasattr(model, "peft_config") else model
-
-
-def _head(model):
-    """(decoder body, output head, logit softcap or None)."""
-    inner = unwrap(model)
-    return inner.get_decoder(), inner.get_output_embeddings(), getattr(inner.config, "final_logit_softcapping", None)
 
 
 def chunk_rows(vocab: int, budget: int = CHUNK_BYTES) -> int:
     return max(1, budget // (4 * vocab))
 
 
-def _chunk(h: torch.Tensor, tgt: torch.Tensor, head, softcap, temperature: float, entropy: bool, masked=None):
-    z = head(h).float()
-    if softcap:
-        z = torch.tanh(z / softcap) * softcap
-    if temperature != 1.0:
-        z = z / temperature
-    if masked is not None:
-        z = z.masked_fill(masked, float("-inf"))
+def _chunk(h: torch.Tensor, tgt: torch.Tensor, head: RestrictedHead, temperature: float, entropy: bool, allowed=None):
+    if allowed is None:
+        z, col = head.logits(h, None, temperature), tgt
+    else:  # the head over the chunk's allowed ids only, each row masked to its own
+        scored = head.restricted(h, allowed, temperature)
+        z, col = scored.z, scored.column(tgt)
     lse = torch.logsumexp(z, dim=-1)
-    logp = z.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - lse
+    logp = z.gather(-1, col.unsqueeze(-1)).squeeze(-1) - lse
     if not entropy:
         return logp, None
-    with torch.no_grad():  # H = logsumexp(z) − Σ softmax(z)·z, over the allowed tokens
+    with torch.no_grad():  # H = logsumexp(z) − Σ softmax(z)·z, over the allowed tokens (0·−inf counts 0)
         pz = torch.softmax(z, dim=-1) * z
-        ent = lse - (pz if masked is None else pz.masked_fill(masked, 0.0)).sum(-1)
+        ent = lse - torch.where(torch.isfinite(z), pz, 0.0).sum(-1)
     return logp, ent
 
 
-def _masked(allowed: Sequence[torch.Tensor], vocab: int, device) -> torch.Tensor:
-    """(rows, vocab) bool, True where a row's token is not allowed."""
-    lengths = torch.tensor([len(a) for a in allowed], device=device)
-    rows = torch.repeat_interleave(torch.arange(len(allowed), device=device), lengths)
-    m = torch.ones(len(allowed), vocab, dtype=torch.bool, device=device)
-    m[rows, torch.cat(list(allowed)).to(device)] = False
-    return m
+def _spans(n: int, vocab: int, rows: int | None, allowed) -> list[tuple[int, int]]:
+    """Chunks of scored rows whose (rows × head columns) fp32 logits fit `CHUNK_BYTES`; with ``allowed``
+    a chunk's columns are at most the sum of its rows' set sizes."""
+    if rows or allowed is None:
+        step = rows or chunk_rows(vocab)
+        return [(s, min(n, s + step)) for s in range(0, n, step)]
+    spans, start, width = [], 0, 0
+    for i, ids in enumerate(allowed):
+        width += len(ids)
+        if i > start and 4 * (i + 1 - start) * min(width, vocab) > CHUNK_BYTES:
+            spans.append((start, i))
+            start, width = i, len(ids)
+    return [*spans, (start, n)] if n else spans
 
 
-def _score(h, tgt, head, softcap, temperature: float, entropy: bool, rows: int | None, allowed):
+def _score(h, tgt, head: RestrictedHead, temperature: float, entropy: bool, rows: int | None, allowed):
     """log π(tgt | h) (and the entropy) for gathered hidden states (N, H), a chunk of rows at a time."""
-    vocab = head.weight.shape[0]
-    step = rows or chunk_rows(vocab)
     if allowed is not None and len(allowed) != h.shape[0]:
         raise ValueError(f"allowed has {len(allowed)} entries for {h.shape[0]} scored tokens")
     grad = torch.is_grad_enabled() and h.requires_grad
     parts, ents = [], []
-    for s in range(0, h.shape[0], step):
-        masked = None if allowed is None else _masked(allowed[s : s + step], vocab, h.device)
-        args = (h[s : s + step], tgt[s : s + step], head, softcap, temperature, entropy, masked)
+    for s, e in _spans(h.shape[0], head.vocab_size, rows, allowed):
+        args = (h[s:e], tgt[s:e], head, temperature, entropy, None if allowed is None else allowed[s:e])
         lp, ent = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
         parts.append(lp)
         ents.append(ent)
@@ -116,11 +111,11 @@ def selected_logps(
 
     ``score[:, 0]`` must be False (the first token has no prefix). ``allowed``: one id tensor per
     scored token, row by row (`CatalogConstraints.replay`), to normalise over those ids only."""
-    body, head, softcap = _head(model)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    head = RestrictedHead(model)
+    hidden = head.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     where = score[:, 1:].nonzero(as_tuple=True)  # (b, t-1): the positions that predict a scored token
     h, tgt = hidden[:, :-1][where], input_ids[:, 1:][where]
-    flat, ents = _score(h, tgt, head, softcap, temperature, entropy, rows, allowed)
+    flat, ents = _score(h, tgt, head, temperature, entropy, rows, allowed)
     return _scatter(flat, ents, score.shape, (where[0], where[1] + 1), entropy)
 
 
@@ -160,7 +155,8 @@ def prefix_logps(
     the gradient flows back through that cache into the one prompt pass, so the result and its
     gradient are those of B full sequences, at U prompt passes instead of B (G× fewer for GRPO's
     groups). Position ids count real tokens only, as `generate` assigns them."""
-    body, head, softcap = _head(model)
+    head = RestrictedHead(model)
+    body = head.body
     pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     key = cache_kwarg(body)  # the output field has the argument's name in both transformers lines
     pre = body(input_ids=prompt, attention_mask=prompt_mask, position_ids=pos, use_cache=True)
@@ -174,7 +170,7 @@ def prefix_logps(
     # position t is predicted by the state before it: the prompt's last for t = 0, else completion t − 1
     before = torch.cat([pre.last_hidden_state[:, -1:][index], hidden[:, :-1]], dim=1)
     where = score.nonzero(as_tuple=True)
-    flat, ents = _score(before[where], completion[where], head, softcap, temperature, entropy, rows, allowed)
+    flat, ents = _score(before[where], completion[where], head, temperature, entropy, rows, allowed)
     return _scatter(flat, ents, score.shape, where, entropy)
 
 

@@ -22,7 +22,7 @@ from convrec.decoding.generate import left_pad
 from convrec.decoding.loop import decode_constrained
 from convrec.errors import ConvrecError
 from convrec.train.config import ENGINES
-from convrec.train.logits import cache_kwarg, new_cache
+from convrec.train.logits import cache_kwarg, new_cache, unwrap
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,12 @@ class HFEngine:
             width = ids.shape[1]
             kwargs, cache = {}, None
             if self.share_prompt and width > 1:
-                # prefill all but the last prompt token once, then give each of the G samples a copy
-                cache, key = new_cache(model), cache_kwarg(model)
+                # prefill all but the last prompt token once, then give each of the G samples a copy; the
+                # decoder alone: the cache is what is wanted, not the prompt's (positions × vocabulary) logits
+                body = unwrap(model).get_decoder()
+                cache, key = new_cache(model), cache_kwarg(body)
                 pos = (attn.cumsum(-1) - 1).clamp(min=0)
-                model(
+                body(
                     input_ids=ids[:, :-1],
                     attention_mask=attn[:, :-1],
                     position_ids=pos[:, :-1],
