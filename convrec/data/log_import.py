@@ -8,6 +8,7 @@ renamed into place, so a bad input or a kill leaves no half-written folder.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ def import_logs(
     fmt: str = "auto",
     fields: LogFields | None = None,
     split: SplitOptions | None = None,
+    require_year: bool = False,
 ) -> tuple[ImportReport, dict]:
     """Import, report and write; returns the import report and the data report (also in out/)."""
     fields, split = fields or LogFields(), split or SplitOptions()
@@ -55,14 +57,14 @@ def import_logs(
         raise ConvrecError(f"{catalog_file}: no valid catalog rows (need title and year)")
     catalog = Catalog(catalog_df)
     convs = read_conversations(Path(logs), fmt, fields, report)
-    rows, gt_found = _samples(convs, catalog, report, by_field=fields.ground_truth is not None)
+    rows, gt_found = _samples(convs, catalog, report, by_field=fields.ground_truth is not None, need_year=require_year)
     if not rows:
         how = f"field '{fields.ground_truth}'" if fields.ground_truth else "catalog title named by an assistant turn"
         raise ConvrecError(f"{logs}: no sample: no {how} gave new ground truth ({_reasons(report)})")
     assign = _splits(convs, split)
     frames = _frames(rows, assign)
     data_report = build_report(convs, frames, catalog, report, gt_found, split=_split_note(convs, split))
-    _write_all(out, catalog_df, frames, data_report, report, logs, catalog_file, fmt, fields, split)
+    _write_all(out, catalog_df, frames, data_report, report, logs, catalog_file, fmt, fields, split, require_year)
     for s in SPLITS:
         report.counts[f"{s} samples"] = frames[s].height
     report.counts["conversations"] = len(convs)
@@ -79,7 +81,7 @@ def _check_split(split: SplitOptions) -> None:
 
 
 # -- samples -------------------------------------------------------------------------------------
-def _samples(convs: list[Conversation], catalog: Catalog, report: ImportReport, *, by_field: bool):
+def _samples(convs: list[Conversation], catalog: Catalog, report: ImportReport, *, by_field: bool, need_year: bool):
     """One row per recommending assistant turn; and (ground-truth items, how many are in the catalog)."""
     finder = MentionFinder(catalog)
     rows, found = [], [0, 0]
@@ -87,6 +89,8 @@ def _samples(convs: list[Conversation], catalog: Catalog, report: ImportReport, 
         seen: dict[tuple[str, int | None], Item] = {}
         for k, msg in enumerate(conv.messages):
             named = [_item(catalog, r) for r in sorted(finder.rows(msg.content))]
+            if need_year:  # "It is great" names no movie; "It (2017)" does
+                named = [it for it in named if _with_year(msg.content, it)]
             if msg.role == "assistant":
                 report.counts["assistant turns"] = report.counts.get("assistant turns", 0) + 1
                 gt = msg.ground_truth if by_field else named
@@ -108,6 +112,10 @@ def _samples(convs: list[Conversation], catalog: Catalog, report: ImportReport, 
 
 def _item(catalog: Catalog, row: int) -> Item:
     return catalog.titles[row], catalog.years[row]
+
+
+def _with_year(text: str, item: Item) -> bool:
+    return item[1] is not None and re.search(rf"{re.escape(item[0])}\W{{0,3}}{item[1]}", text, re.I) is not None
 
 
 def _key(item: Item) -> tuple[str, int | None]:
@@ -159,13 +167,13 @@ def _frames(rows: list, assign: dict[str, str]) -> dict[str, pl.DataFrame]:
 
 
 # -- writing -------------------------------------------------------------------------------------
-def _write_all(out: Path, catalog_df, frames, data_report, report, logs, catalog_file, fmt, fields, split) -> None:
+def _write_all(out: Path, catalog_df, frames, data_report, report, logs, catalog_file, fmt, fields, split, need_year):
     """Everything into a staging folder, then one rename into place (an old folder is replaced)."""
     stage = out.parent / f".{out.name}.importing"
     old = out.parent / f".{out.name}.replaced"
     for p in (stage, old):
         shutil.rmtree(p, ignore_errors=True)
-    params = {"format": fmt, "fields": vars(fields), "split": vars(split)}
+    params = {"format": fmt, "fields": vars(fields), "split": vars(split), "require_year": need_year}
     inputs = [Path(logs), Path(catalog_file)]
     try:
         write_dataset(stage, catalog_df, frames, stage="data.import", params=params, inputs=inputs, rules=MatchRules())
