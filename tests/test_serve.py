@@ -248,9 +248,9 @@ def test_generate_cli_constrained(world, tmp_path):
 
 def test_generate_cli_bad_dtype(world, tmp_path):
     data, model = world
-    args = ("generate", "--model", model, "--data", data, "--out", tmp_path / "p.parquet", "--dtype", "int8")
+    args = ("generate", "--model", model, "--data", data, "--out", tmp_path / "p.parquet", "--precision", "int8")
     proc = subprocess.run([sys.executable, "-m", "convrec.cli.main", *map(str, args)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "--dtype must be" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "--precision" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "p.parquet").exists()
 
 
@@ -437,6 +437,12 @@ def test_openai_client_streaming(client):
     assert "".join(deltas) == whole
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    # n choices stream interleaved, each under its own index, each ending with its finish reason
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, n=2))
+    for i in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == i]
+        assert "".join(c.delta.content or "" for c in mine) == whole  # greedy: both choices are the same list
+        assert mine[-1].finish_reason == "stop"
 
 
 def test_recommend_is_always_in_catalog_across_the_test_split(server, world, catalog):
