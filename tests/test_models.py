@@ -68,6 +68,18 @@ def test_bad_model_folders(tmp_path):
         load_tokenizer(tmp_path)
 
 
+def test_a_hub_id_without_a_hub_is_one_line_at_once(tiny_data, tmp_path):
+    """No minute of download retries: an unreachable hub (a closed local port here) and an id that is not
+    in the cache fail on the first look, with one line."""
+    import os
+
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    proc = run_cli("generate", "--model", "someone/not-cached", "--data", tiny_data, "--out", tmp_path / "p.parquet",
+                   env=env)  # fmt: skip
+    assert_user_error(proc, "someone/not-cached", "cannot be reached")
+    assert "Retrying" not in proc.stderr and not (tmp_path / "p.parquet").exists()
+
+
 def test_model_init_bad_input(tmp_path):
     assert_user_error(run_cli("model", "init", "--data", tmp_path / "none", "--out", tmp_path / "m"), "no such data")
     (tmp_path / "d").mkdir()

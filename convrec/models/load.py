@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 from convrec.errors import ConvrecError
 
@@ -25,20 +29,45 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-def _check_local(name_or_path: str | Path) -> None:
-    """A local-looking path that is not a model folder is a user error, not a hub lookup."""
+def _check_local(name_or_path: str | Path) -> dict:
+    """A local-looking path that is not a model folder is a user error, not a hub lookup. A hub id
+    without a reachable hub loads from the local cache only (or fails at once, with one line) instead
+    of a minute of retries; returns the matching `from_pretrained` options."""
     p = Path(name_or_path)
     if (str(name_or_path).startswith((".", "/")) or p.exists()) and not (p / "config.json").exists():
         raise ConvrecError(f"{name_or_path}: not a model folder (no config.json)")
+    if p.exists() or _hub_reachable():
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(str(name_or_path), "config.json"), str):
+        raise ConvrecError(
+            f"{name_or_path}: not a local model folder, not in the Hugging Face cache, and the hub cannot be "
+            "reached (no network?): download it where there is one, or pass a folder"
+        )
+    return {"local_files_only": True}
+
+
+@lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub's host (HF_ENDPOINT), once per process; HF_HUB_OFFLINE=1 means no."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def load_tokenizer(name_or_path: str | Path):
     from transformers import AutoTokenizer
 
     quiet_transformers()
-    _check_local(name_or_path)
+    hub = _check_local(name_or_path)
     try:
-        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+        tok = AutoTokenizer.from_pretrained(str(name_or_path), **hub)
     except Exception as e:  # transformers raises OSError, ValueError, JSON errors... for bad folders
         raise ConvrecError(f"{name_or_path}: cannot load a tokenizer ({type(e).__name__}: {_first_line(e)})") from None
     if tok.chat_template is None:
@@ -97,8 +126,7 @@ def load_model(name_or_path: str | Path, *, dtype: str | None = None):
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    _check_local(name_or_path)
-    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
+    kwargs = _check_local(name_or_path) | ({"dtype": getattr(torch, dtype)} if dtype else {})
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
     except Exception as e:
