@@ -37,7 +37,8 @@ EMBEDDER = typer.Option(None, "--embedder", help="sentence-transformers name or 
 # γ for --judge embed, the best of {0.05, 0.1, 0.25, 0.5} on the synthetic world's val split
 # (NDCG@20 0.2461, 0.2433, 0.2339, 0.2065; remap alone 0.2407)
 EMBED_GAMMA = 0.05
-SEED = typer.Option(0, "--seed", help="Seed (synthetic teacher, --fraction, judge shuffling).")
+REMAP_SEED = typer.Option(0, "--seed", help="Seed of the synthetic teacher and of --fraction's sample.")
+REFLECT_SEED = typer.Option(0, "--seed", help="Seed of the order candidates are shown to the judge.")
 
 
 def _check_out(out: Path, *more: Path | None) -> None:
@@ -94,7 +95,7 @@ def remap_command(
     ),
     embedder: str | None = EMBEDDER,
     batch_size: int = typer.Option(512, "--batch-size", help="Conversations per scoring batch."),
-    seed: int = SEED,
+    seed: int = REMAP_SEED,
     base_url: str | None = BASE_URL,
     api_key_env: str = KEY_ENV,
     concurrency: int = CONCURRENCY,
@@ -199,7 +200,7 @@ def reflect_command(
     judge_retries: int = typer.Option(2, "--judge-retries", help="Re-asks for malformed judge answers."),
     n_items: int = typer.Option(20, "--n-items", help="List length N written."),
     embedder: str | None = EMBEDDER,
-    seed: int = SEED,
+    seed: int = REFLECT_SEED,
     base_url: str | None = BASE_URL,
     api_key_env: str = KEY_ENV,
     concurrency: int = CONCURRENCY,
