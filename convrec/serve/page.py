@@ -49,7 +49,8 @@ Write the conversation below; start lines with <code>User:</code> or <code>Assis
 <div id="status"></div>
 <div id="seen"></div>
 <table id="results" hidden>
-  <thead><tr><th class="num">#</th><th>title</th><th class="num">year</th><th class="num">score</th></tr></thead>
+  <thead><tr><th class="num">#</th><th>title</th><th class="num">year</th>
+    <th class="num" title="log-probability of the list up to and including this item">score</th></tr></thead>
   <tbody></tbody>
 </table>
 <script>
