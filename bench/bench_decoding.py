@@ -20,11 +20,11 @@ from rich.table import Table
 from transformers import DynamicCache, LogitsProcessorList
 
 from convrec.data import load_split, open_catalog
+from convrec.decoding.cache import cache_kwarg
 from convrec.decoding.constrained import CatalogConstraints
 from convrec.decoding.generate import encode_prompts, left_pad, list_token_budget
 from convrec.decoding.loop import decode_constrained
 from convrec.models.load import load_model, load_tokenizer, stop_token_ids
-from convrec.train.logits import cache_kwarg
 
 
 def _prefill(model, ids, attn, g: int):

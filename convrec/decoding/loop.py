@@ -80,7 +80,7 @@ def decode_constrained(
 
     ``cache``: a KV cache already holding all but the last column of ``input_ids`` (a GRPO group's
     shared prompt prefill, repeated per row); without it the whole prompt is run here."""
-    from convrec.train.logits import cache_kwarg, new_cache
+    from convrec.decoding.cache import cache_kwarg, new_cache
 
     head = RestrictedHead(model)
     body = head.body  # hidden states only: the head runs over the allowed ids, never the vocabulary

@@ -17,12 +17,13 @@ from typing import Protocol
 
 import torch
 
+from convrec.decoding.cache import cache_kwarg, new_cache
 from convrec.decoding.constrained import CatalogConstraints, RowConstraint
 from convrec.decoding.generate import left_pad
 from convrec.decoding.loop import decode_constrained
 from convrec.errors import ConvrecError
 from convrec.train.config import ENGINES
-from convrec.train.logits import cache_kwarg, new_cache, unwrap
+from convrec.train.logits import unwrap
 
 
 @dataclass(frozen=True)
