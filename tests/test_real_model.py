@@ -152,7 +152,7 @@ def test_serve_chat_and_constrained_recommend(gemma, sft_run):
     import httpx
 
     _, data = gemma
-    args = ["--model", sft_run / "last", "--catalog", data, "--n-items", "3"]
+    args = ["--model", sft_run / "last", "--data", data, "--n-items", "3"]
     env = {k: v for k, v in os.environ.items() if k != "CONVREC_API_KEY"}
     proc, url = start_server(args, env, timeout=T)
     try:

@@ -84,7 +84,7 @@ def demo_command(
     console.print("try the recommender:")
     console.print(
         f"  convrec serve --model {escape(str(opts.out / 'runs' / 'rank_grpo' / 'last'))} "
-        f"--catalog {escape(str(data_dir))} --port 8000   # then open http://127.0.0.1:8000/",
+        f"--data {escape(str(data_dir))} --port 8000   # then open http://127.0.0.1:8000/",
         soft_wrap=True,
         highlight=False,
     )

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-from enum import Enum
 from pathlib import Path
 
 import typer
 
+from convrec.cli.choices import WeightPrecision, weight_dtype
 from convrec.cli.common import console, renamed
 from convrec.errors import ConvrecError
-
-
-class Precision(str, Enum):
-    """--precision's choices: the weights' dtype in memory."""
-
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-PRECISION_DTYPES = {Precision.fp32: "float32", Precision.bf16: "bfloat16", Precision.fp16: "float16"}
 
 
 def serve_command(
@@ -44,7 +33,7 @@ def serve_command(
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="Largest max_tokens a request may ask for."),
     max_prompt_tokens: int = typer.Option(768, "--max-prompt-tokens", min=16, help="Longer prompts lose old turns."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Largest request body (then 413)."),
-    precision: Precision | None = typer.Option(
+    precision: WeightPrecision | None = typer.Option(
         None, "--precision", help="Weights in memory: fp32, bf16 or fp16 (default: as saved)."
     ),
     threads: int | None = typer.Option(
@@ -59,7 +48,7 @@ def serve_command(
 
     Example: convrec serve --model out/demo/runs/rank_grpo/last --data out/demo/data --port 8000
     """
-    dtype = PRECISION_DTYPES[precision] if precision else None
+    dtype = weight_dtype(precision)
     api_key = None
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env, "").strip()
