@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from convrec.cli.choices import Size
 from convrec.cli.common import console, print_report
 from convrec.data.logs import LogFormat, SplitBy
 
@@ -16,14 +17,16 @@ app = typer.Typer(help="Make or import datasets (catalog.parquet + train/val/tes
 def synth_command(
     out: Path = typer.Option(..., "--out", help="Data folder to write."),
     seed: int = typer.Option(0, "--seed", help="Random seed (the world is deterministic given it)."),
-    size: str = typer.Option("small", "--size", help="small (hundreds of items) or medium (thousands)."),
+    size: Size = typer.Option("small", "--size", help="small (hundreds of items) or medium (thousands)."),
 ) -> None:
     """A deterministic synthetic movie world: the embedded default of the toolkit."""
     from convrec.data import MatchRules, write_rules
     from convrec.data.synth import generate
+    from convrec.evaluation.synth_signal import signal_note
 
     report = generate(out, seed=seed, size=size)
     write_rules(out, MatchRules())  # titles with years, matched within 2 years: what the world is made for
+    report.notes.append(signal_note(out))
     print_report(report)
 
 

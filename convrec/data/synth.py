@@ -17,7 +17,6 @@ alone, for oracles and a synthetic teacher.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from convrec import artifacts
-from convrec.catalog import Catalog, normalize_title
+from convrec.catalog import normalize_title
 from convrec.data import SPLITS, catalog_path, split_path
 from convrec.data.report import ImportReport
 from convrec.data.synth_text import GENRES, conversation, description, titles
@@ -154,44 +153,6 @@ def _samples(rng: np.random.Generator, world: World, n_conv: int, split: str) ->
     return pl.DataFrame(rows, schema=artifacts.SAMPLES.required), pl.DataFrame(latent, schema=schema)
 
 
-def _rank(world: World, cat: Catalog, samples: pl.DataFrame, tastes: np.ndarray, n: int = 20) -> pl.DataFrame:
-    """Predictions: the n unseen items most likely under the answer model for each taste."""
-    from convrec.baselines import predictions_frame, resolve_rows, top_n_excluding
-
-    rows = top_n_excluding(answer_logits(world, tastes), resolve_rows(cat, samples["seen"]), n)
-    return predictions_frame(samples["sample_id"].to_list(), rows, cat)
-
-
-def read_tastes(world: World, cat: Catalog, samples: pl.DataFrame) -> np.ndarray:
-    """Taste estimated from the text alone: genre names and mood phrases the user wrote, plus the
-    genres of the movies they mentioned. A floor for what a model reading the text can reach."""
-    from convrec.baselines import resolve_rows
-
-    patterns = [re.compile("|".join(re.escape(s) for s in [g, *moods]), re.IGNORECASE) for g, moods in GENRES.items()]
-    tastes = np.zeros((samples.height, len(world.genres)))
-    mentioned = resolve_rows(cat, samples["seen"])
-    for i, msgs in enumerate(samples["messages"].to_list()):
-        text = " ".join(m["content"] for m in msgs if m["role"] == "user")
-        tastes[i] = [len(p.findall(text)) for p in patterns]
-        tastes[i] += 0.5 * world.genre_matrix[mentioned[i]].sum(axis=0)
-    return tastes / np.maximum(tastes.sum(axis=1, keepdims=True), 1e-9)
-
-
-def signal_note(world: World, train: pl.DataFrame, test: pl.DataFrame, test_latent: pl.DataFrame) -> str:
-    """Test NDCG@20 (paper convention) of popularity, a text reader and the latent-taste oracle."""
-    from convrec.baselines import popularity
-    from convrec.evaluation.evaluate import evaluate
-
-    cat = Catalog(world.catalog)
-    runs = {
-        "popularity": popularity.recommend(train, test, cat),
-        "text reader": _rank(world, cat, test, read_tastes(world, cat, test)),
-        "taste oracle": _rank(world, cat, test, np.array(test_latent["taste"].to_list())),
-    }
-    ndcg = {name: evaluate(preds, test, cat)[0]["ndcg@20"] for name, preds in runs.items()}
-    return "signal: test NDCG@20 " + " vs ".join(f"{name} {v:.4f}" for name, v in ndcg.items())
-
-
 def generate(out: str | Path, *, seed: int = 0, size: str = "small") -> ImportReport:
     """Write catalog.parquet, {train,val,test}.parquet and latent.parquet under ``out``."""
     if size not in SIZES:
@@ -217,5 +178,4 @@ def generate(out: str | Path, *, seed: int = 0, size: str = "small") -> ImportRe
         report.counts[f"{split} samples"] = samples.height
     latent_all = pl.concat([lat for _, lat in splits.values()])
     artifacts.write(latent_all, out / "latent.parquet", stage="data.synth", params={**params, "genres": world.genres})
-    report.notes.append(signal_note(world, splits["train"][0], *splits["test"]))
     return report
