@@ -107,7 +107,7 @@ def test_eval_directory_instead_of_file(tiny_data, tmp_path):
 
 def test_eval_bad_flags(tiny_data, preds):
     assert_user_error(run_cli("eval", preds, "--data", tiny_data, "--k", "5,x"), "--k")
-    assert_user_error(run_cli("eval", preds, "--data", tiny_data, "--split", "dev"), "unknown split")
+    assert_user_error(run_cli("eval", preds, "--data", tiny_data, "--split", "dev"), "--split", "dev")
     assert_user_error(run_cli("eval", preds, "--data", tiny_data, "--convention", "mine"), "--convention")
 
 

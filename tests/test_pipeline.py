@@ -341,7 +341,7 @@ def test_remap_tune_chooses_beta_and_lambda_on_val(tmp_path: Path, stage1_cache:
         (["remap", "--teacher", "synthetic", "--fraction", "0"], "--fraction"),
         (["remap", "--teacher", "synthetic", "--top-m", "5"], "--top-m"),
         (["remap", "--teacher", "cooc", "--describe"], "--describe"),
-        (["remap", "--teacher", "synthetic", "--split", "dev"], "unknown split"),
+        (["remap", "--teacher", "synthetic", "--split", "dev"], "--split"),
         (["reflect", "--judge", "embed", "--in", "{data}/train.parquet"], "items"),
         (["reflect", "--judge", "embed", "--in", "{data}/nope.parquet"], "no such file"),
         (["adjust", "--in", "{data}/catalog.parquet"], "sample_id"),

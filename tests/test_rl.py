@@ -165,9 +165,9 @@ def test_rl_bad_input(setup, tmp_path):
     base = ["--data", setup / "data", "--out", tmp_path / "r", "--max-steps", "1"]
     init = ["--model", setup / "sft" / "best"]
     assert_user_error(run_cli("rl", "--model", tmp_path / "nomodel", *base), "not a model folder")
-    assert_user_error(run_cli("rl", *init, *base, "--level", "list"), "unknown level")
-    assert_user_error(run_cli("rl", *init, *base, "--reward", "ndcg"), "unknown reward")
-    assert_user_error(run_cli("rl", *init, *base, "--engine", "tgi"), "unknown engine")
+    assert_user_error(run_cli("rl", *init, *base, "--level", "list"), "--level", "list")
+    assert_user_error(run_cli("rl", *init, *base, "--reward", "ndcg"), "--reward", "ndcg")
+    assert_user_error(run_cli("rl", *init, *base, "--engine", "tgi"), "--engine", "tgi")
     assert_user_error(run_cli("rl", *init, *base, "--group-size", "1"), "--group-size")
     assert_user_error(run_cli("rl", *init, *base, "--micro-batch-size", "3"), "--micro-batch-size")
     assert_user_error(run_cli("rl", *init, *base, "--resume"), "no trainer state")

@@ -10,6 +10,7 @@ from convrec import artifacts
 from convrec.catalog import Catalog, normalize_title
 from convrec.data import SPLITS, load_catalog, load_split
 from convrec.data.synth import GENRES, REMAKE_GAP, generate
+from convrec.evaluation.synth_signal import signal_note
 from convrec.errors import ConvrecError
 from tests.conftest import run_cli
 
@@ -124,8 +125,8 @@ def test_hard_title_cases_present(world):
 
 
 def test_signal_is_learnable(world):
-    _, report = world
-    s = _signal(report.notes[0])
+    out, _ = world
+    s = _signal(signal_note(out))
     assert s["taste oracle"] > 3 * s["popularity"] and s["text reader"] > 2 * s["popularity"]
 
 
@@ -134,7 +135,7 @@ def test_medium_size(tmp_path):
     c = report.counts
     assert 2000 <= c["catalog items"] <= 3000 and 9000 <= c["train samples"] <= 11000
     assert 800 <= c["val samples"] <= 1200 and 1300 <= c["test samples"] <= 1700
-    s = _signal(report.notes[0])
+    s = _signal(signal_note(tmp_path / "m"))
     assert s["taste oracle"] > 3 * s["popularity"]
 
 
@@ -152,7 +153,7 @@ def test_cli(tmp_path):
     assert "signal:" in proc.stdout
     assert all((tmp_path / "w" / f"{name}.parquet").exists() for name in ("catalog", *SPLITS, "latent"))
     proc = run_cli("data", "synth", "--out", tmp_path / "w", "--size", "huge")
-    assert proc.returncode == 2 and "unknown size" in proc.stderr
+    assert proc.returncode == 2 and "--size" in proc.stderr and "huge" in proc.stderr
 
 
 def test_embedded_default_end_to_end(world, tmp_path):
