@@ -289,7 +289,7 @@ def _optimise(run: _Run, ro: _Rollouts, adv: torch.Tensor, ref_logp: list) -> di
     dev = model.device
     ids, seg, lines = ro.scored.ids.to(dev), ro.scored.seg.to(dev), ro.scored.overflow_lines.to(dev)
     slices = _micro_slices(run)
-    forward = engine if engine is not None else model
+    forward = engine if engine is not None else distributed.Scored(model)  # forward(fn, ...) = fn(model, ...)
     old_logp: list = [None] * len(slices)
     stats = {"loss": 0.0, "objective": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
     loss_fn = rank_grpo.LOSSES[cfg.level]
@@ -300,9 +300,8 @@ def _optimise(run: _Run, ro: _Rollouts, adv: torch.Tensor, ref_logp: list) -> di
         for j, sl in enumerate(slices):
             mask = seg[sl] > 0
             allowed = ro.allowed[sl] if ro.allowed else None
-            logp, entropy = token_logps(
-                forward, ro.prompts[sl], ids[sl], mask, run.tokenizer.pad_token_id, cfg.temperature, run.amp, allowed
-            )
+            pad = run.tokenizer.pad_token_id
+            logp, entropy = forward(token_logps, ro.prompts[sl], ids[sl], mask, pad, cfg.temperature, run.amp, allowed)
             if old_logp[j] is None:
                 old_logp[j] = logp.detach()
             parts = loss_fn(
