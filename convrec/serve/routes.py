@@ -218,7 +218,12 @@ class Routes:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        done = await asyncio.gather(*(self.run(j) for j in jobs))
+        try:
+            done = await asyncio.gather(*(self.run(j) for j in jobs))
+        except BaseException:
+            for job in jobs:  # one choice failed (or the client left): free the others' batch rows
+                job.cancelled = True
+            raise
         choices = []
         for i, job in enumerate(done):
             text = await asyncio.to_thread(final_text, engine, job)
