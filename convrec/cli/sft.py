@@ -40,6 +40,12 @@ def sft_command(
         "--group-by-length",
         help="Batch samples of similar length (shuffled within spans of 32 batches): less padding, faster steps.",
     ),
+    catalog_loss: bool = typer.Option(
+        D.catalog_loss,
+        "--catalog-loss",
+        help="Normalise each list token's loss over the ids catalog-constrained decoding allows there "
+        "(the head over those ids only); tokens off the catalog walk keep the full vocabulary.",
+    ),
     seed: int = typer.Option(D.seed, "--seed", help="Seed of the initialisation, shuffling and dropout."),
     gradient_checkpointing: bool = typer.Option(
         D.gradient_checkpointing, "--gradient-checkpointing", help="Recompute activations in backward: less memory."

@@ -89,6 +89,7 @@ class SFTConfig:
     val_samples: int = 100
     val_constrained: bool = False  # validation (and RUN/best) on catalog-constrained greedy lists
     group_by_length: bool = False  # batches of similar lengths (less padding): `sft._order`
+    catalog_loss: bool = False  # list tokens normalised over the catalog-allowed ids (`sft_data.catalog_allowed`)
     seed: int = 0
     gradient_checkpointing: bool = False
     resume: bool = False

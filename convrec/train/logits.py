@@ -174,12 +174,15 @@ def prefix_logps(
     return _scatter(flat, ents, score.shape, where, entropy)
 
 
-def completion_loss(model, batch: dict[str, torch.Tensor], ignore: int = -100) -> tuple[torch.Tensor, int]:
+def completion_loss(
+    model, batch: dict[str, torch.Tensor], ignore: int = -100, allowed: Sequence[torch.Tensor] | None = None
+) -> tuple[torch.Tensor, int]:
     """Mean negative log-likelihood of the labelled tokens (what ``model(**batch).loss`` computes with
-    labels: causal shift, ``ignore`` masked) and how many tokens it averaged over."""
+    labels: causal shift, ``ignore`` masked) and how many tokens it averaged over. ``allowed`` (one id
+    tensor per labelled token, row by row): each normalised over those ids only (sft ``--catalog-loss``)."""
     labels = batch["labels"]
     score = labels != ignore
     score[:, 0] = False
-    logp, _ = selected_logps(model, batch["input_ids"], batch["attention_mask"], score)
+    logp, _ = selected_logps(model, batch["input_ids"], batch["attention_mask"], score, allowed=allowed)
     n = int(score.sum())
     return -(logp.sum() / max(1, n)), n

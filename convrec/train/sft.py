@@ -25,7 +25,7 @@ from convrec.models.load import load_model, load_tokenizer
 from convrec.train import checkpoint, distributed, lora, precision, runlog
 from convrec.train.config import SFTConfig
 from convrec.train.logits import completion_loss
-from convrec.train.sft_data import IGNORE, collate, encode, ground_truth_targets
+from convrec.train.sft_data import IGNORE, batch_allowed, collate, encode, ground_truth_targets, with_catalog_allowed
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -110,6 +110,10 @@ def train(cfg: SFTConfig, console=None) -> dict:
         train_df = load_split(cfg.data, "train")
         targets = ground_truth_targets(train_df, catalog, cfg.n_items)
     enc = encode(tokenizer, train_df, targets, cfg.n_items, cfg.max_length)
+    if cfg.catalog_loss:
+        enc, share = with_catalog_allowed(tokenizer, enc, catalog, [len(t) for t in targets])
+        if console is not None:
+            console.print(f"--catalog-loss: {share:.1%} of target tokens normalised over the catalog-allowed ids")
     val_df = load_split(cfg.data, "val").head(cfg.val_samples)
     val_enc = encode(tokenizer, val_df, ground_truth_targets(val_df, catalog, cfg.n_items), cfg.n_items, cfg.max_length)
 
@@ -157,7 +161,7 @@ def train(cfg: SFTConfig, console=None) -> dict:
                 index = order[start : start + micro] or order[:micro]
                 batch = {k: v.to(model.device) for k, v in collate(enc, index, tokenizer.pad_token_id).items()}
                 with amp.autocast():
-                    loss = forward(completion_loss, batch, IGNORE)[0]
+                    loss = forward(completion_loss, batch, IGNORE, batch_allowed(enc, index))[0]
                 if engine is not None:
                     engine.backward(loss)  # scales by 1/grad_accum itself
                     engine.step()  # optimiser + scheduler at the accumulation boundary only

@@ -15,6 +15,7 @@ import torch
 from convrec.baselines import cooc
 from convrec.catalog import Catalog, normalize_title
 from convrec.data import item_lists
+from convrec.decoding.constrained import CatalogConstraints, RowConstraint, RowState
 from convrec.decoding.generate import encode_prompt
 from convrec.errors import ConvrecError
 from convrec.listfmt import format_list
@@ -28,6 +29,40 @@ class Encoded:
     prompts: list[list[int]]
     completions: list[list[int]]
     truncated: int  # prompts cut from the left to fit the context
+    # per completion, per token: the ids constrained decoding allows there (`catalog_allowed`), or None
+    allowed: list[list[torch.Tensor]] | None = None
+
+
+def catalog_allowed(
+    constraints: CatalogConstraints, completion: list[int], spec: RowConstraint, full: torch.Tensor
+) -> tuple[list[torch.Tensor], int]:
+    """The ids the catalog-constrained decoder allows before each completion token (its trie walk under
+    ``spec``), so the loss there is normalised over what constrained decoding samples from; and how many
+    tokens that covers. From the first token the walk cannot take (a title outside the catalog, a seen or
+    repeated one) to the end, a position allows ``full`` (every id): the standard loss."""
+    state, out = RowState(constraints.trie, spec), []
+    cpu = torch.device("cpu")
+    for tok in completion:
+        ids = state.next_ids(cpu)
+        if not bool((ids == tok).any()):
+            break
+        out.append(ids)
+        state.advance(tok)
+    restricted = len(out)
+    return out + [full] * (len(completion) - restricted), restricted
+
+
+def with_catalog_allowed(tokenizer, enc: Encoded, catalog: Catalog, n_lines: list[int]) -> tuple[Encoded, float]:
+    """``enc`` with `catalog_allowed` for every completion (each a list of ``n_lines[i]`` items ending with
+    the turn end); and the share of completion tokens whose loss is restricted."""
+    constraints = CatalogConstraints(tokenizer, catalog)
+    full, allowed, covered = torch.arange(len(tokenizer)), [], 0  # one shared tensor for every fallback
+    for completion, k in zip(enc.completions, n_lines, strict=True):
+        ids, n = catalog_allowed(constraints, completion, constraints.row_constraint(k), full)
+        allowed.append(ids)
+        covered += n
+    total = sum(len(c) for c in enc.completions)
+    return Encoded(enc.prompts, enc.completions, enc.truncated, allowed), covered / max(1, total)
 
 
 def ground_truth_targets(train: pl.DataFrame, catalog: Catalog, n: int) -> list[list[tuple[str, int | None]]]:
@@ -55,6 +90,13 @@ def encode(
         for msgs, c in zip(samples["messages"].to_list(), completions, strict=True)
     ]
     return Encoded([ids for ids, _ in encoded], completions, sum(cut for _, cut in encoded))
+
+
+def batch_allowed(enc: Encoded, index: list[int]) -> list[torch.Tensor] | None:
+    """The allowed ids of a `collate`d batch's scored tokens, row by row (what `logits.completion_loss` takes)."""
+    if enc.allowed is None:
+        return None
+    return [a for i in index for a in enc.allowed[i]]
 
 
 def collate(enc: Encoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
