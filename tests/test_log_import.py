@@ -118,6 +118,8 @@ def test_chat_jsonl_samples_report_and_time_split(tmp_path: Path, catalog: Path)
     assert on_disk["samples"] == {"train": 3, "val": 0, "test": 1} == data["samples"]
     assert on_disk["conversations"] == 4 and on_disk["conversations_with_samples"] == 3
     assert on_disk["catalog_coverage"]["as_ground_truth"] == 5
+    # "Title (Year)" written by assistants: Inception, Heat, Up, The Matrix; all in the catalog
+    assert {k: on_disk["ground_truth_in_catalog"][k] for k in ("items", "in_catalog")} == {"items": 4, "in_catalog": 4}
     assert on_disk["ground_truth_never_in_train"]["test"] == {"items": 2, "never_in_train": 2, "share": 1.0}
     assert len(on_disk["top_items"]) == 5 and {x["count"] for x in on_disk["top_items"]} == {1}
     assert on_disk["dropped"] == {"malformed JSON line": 1, "system message (dropped)": 1}
@@ -154,7 +156,12 @@ def test_ground_truth_from_a_named_field_and_the_share_in_the_catalog(tmp_path: 
         "c1:1": {("Inception", 2010)},
         "c1:3": {("Alien", 1979), ("Nope Movie", 2001)},
     }
-    assert data["ground_truth_in_catalog"] == {"items": 3, "in_catalog": 2, "share": round(2 / 3, 4)}
+    assert data["ground_truth_in_catalog"] == {
+        "items": 3,
+        "in_catalog": 2,
+        "share": round(2 / 3, 4),
+        "basis": "the items of the field 'recommended'",
+    }
 
 
 def test_split_by_id_keeps_conversations_together_and_is_seeded(tmp_path: Path, catalog: Path) -> None:

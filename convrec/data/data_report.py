@@ -38,7 +38,14 @@ def _summary(values: list[int]) -> dict:
 
 
 def build_report(
-    convs, frames: dict[str, pl.DataFrame], catalog: Catalog, report: ImportReport, gt_found: list[int], *, split: str
+    convs,
+    frames: dict[str, pl.DataFrame],
+    catalog: Catalog,
+    report: ImportReport,
+    gt_found: list[int],
+    *,
+    split: str,
+    basis: str,
 ) -> dict:
     """Every figure of the report as a JSON-able dict."""
     all_samples = pl.concat([frames[s] for s in SPLITS])
@@ -59,9 +66,9 @@ def build_report(
     seen_keys = {key(it) for row in item_lists(all_samples["seen"]) for it in row} & cat_keys
     messages = all_samples["messages"].to_list()
     in_catalog = (
-        {"items": gt_found[0], "in_catalog": gt_found[1], "share": round(gt_found[1] / gt_found[0], 4)}
+        {"items": gt_found[0], "in_catalog": gt_found[1], "share": round(gt_found[1] / gt_found[0], 4), "basis": basis}
         if gt_found[0]
-        else {"note": "ground truth is read from catalog mentions, so every item is in the catalog"}
+        else {"note": "no ground-truth item to check", "basis": basis}
     )
     return {
         "conversations": len(convs),
@@ -94,16 +101,17 @@ def markdown(r: dict) -> str:
         "# Data report",
         "",
         f"- conversations: {r['conversations']:,} ({r['conversations_with_samples']:,} gave samples)",
-        "- samples: " + ", ".join(f"{s} {n:,}" for s, n in r["samples"].items()) + f" (split {r['split']})",
+        "- samples: " + ", ".join(f"{s} {n:,}" for s, n in r["samples"].items()) + f"; split {r['split']}",
         f"- turns per prompt: mean {t['mean']}, median {t['median']}, p95 {t['p95']}, max {t['max']}",
         f"- tokens per prompt (estimated, 4 characters a token): mean {k['mean']}, median {k['median']}, "
         f"p95 {k['p95']}, max {k['max']}",
     ]
     g = r["ground_truth_in_catalog"]
     lines.append(
-        f"- ground-truth items found in the catalog: {g['in_catalog']:,} of {g['items']:,} ({g['share']:.1%})"
+        f"- ground-truth items found in the catalog: {g['in_catalog']:,} of {g['items']:,} "
+        f"({g['share']:.1%}; {g['basis']})"
         if "share" in g
-        else f"- ground-truth items found in the catalog: all ({g['note']})"
+        else f"- ground-truth items found in the catalog: {g['note']} ({g['basis']})"
     )
     for s, u in r["ground_truth_never_in_train"].items():
         share = f"{u['share']:.1%}" if u["share"] is not None else "n/a"

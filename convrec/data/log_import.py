@@ -27,6 +27,7 @@ from convrec.decoding.mentions import MentionFinder
 from convrec.errors import ConvrecError
 
 Item = tuple[str, int | None]
+_YEAR = re.compile(r"\((\d{4})\)")
 
 
 @dataclass
@@ -63,7 +64,12 @@ def import_logs(
         raise ConvrecError(f"{logs}: no sample: no {how} gave new ground truth ({_reasons(report)})")
     assign = _splits(convs, split)
     frames = _frames(rows, assign)
-    data_report = build_report(convs, frames, catalog, report, gt_found, split=_split_note(convs, split))
+    basis = (
+        f"the items of the field '{fields.ground_truth}'"
+        if fields.ground_truth
+        else "the titles assistant turns write as 'Title (Year)'"
+    )
+    data_report = build_report(convs, frames, catalog, report, gt_found, split=_split_note(convs, split), basis=basis)
     _write_all(out, catalog_df, frames, data_report, report, logs, catalog_file, fmt, fields, split, require_year)
     for s in SPLITS:
         report.counts[f"{s} samples"] = frames[s].height
@@ -97,6 +103,9 @@ def _samples(convs: list[Conversation], catalog: Catalog, report: ImportReport, 
                 if by_field and gt:
                     found[0] += len(gt)
                     found[1] += sum(catalog.lookup(t, y, allow_missing_year=True) >= 0 for t, y in gt)
+                elif not by_field:  # mentions come from the catalog: check the "Title (Year)" ones written
+                    written, hits = _year_mentions(msg.content, catalog)
+                    found[0], found[1] = found[0] + written, found[1] + hits
                 new = _dedupe([it for it in (gt or []) if _key(it) not in seen])
                 context = conv.messages[:k]
                 if gt and not new:
@@ -108,6 +117,18 @@ def _samples(convs: list[Conversation], catalog: Catalog, report: ImportReport, 
             for it in named + (msg.ground_truth or []):
                 seen.setdefault(_key(it), it)
     return rows, found
+
+
+def _year_mentions(text: str, catalog: Catalog) -> tuple[int, int]:
+    """(titles written with a year, how many of them the catalog has): the longest run of up to 8
+    words before a "(Year)" that is a catalog title counts as found."""
+    written = hits = 0
+    for m in _YEAR.finditer(text):
+        words = text[max(0, m.start() - 200) : m.start()].split()[-8:]
+        year = int(m.group(1))
+        written += 1
+        hits += any(catalog.lookup(" ".join(words[i:]), year) >= 0 for i in range(len(words)))
+    return written, hits
 
 
 def _item(catalog: Catalog, row: int) -> Item:
