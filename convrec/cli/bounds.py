@@ -53,6 +53,8 @@ RANGES: dict[str, Range] = {
     "--max-length": Range(ge=16),
     "--max-prompt-tokens": Range(ge=16),
     "--max-new-tokens": AT_LEAST_1,
+    "--vllm-max-model-len": Range(ge=16),
+    "--vllm-gpu-memory": Range(gt=0, le=1),
     "--max-tokens": AT_LEAST_1,
     "--eval-every": AT_LEAST_1,
     "--val-samples": AT_LEAST_1,

@@ -59,7 +59,18 @@ def rl_command(
     constrained_rollouts: bool = typer.Option(
         D.constrained_rollouts,
         "--constrained-rollouts",
-        help="Sample only catalog items, none twice (hf engine); the loss scores them under that masked policy.",
+        help="Sample only catalog items, none twice; the loss scores them under that masked policy.",
+    ),
+    vllm_gpu_memory: float = typer.Option(
+        D.vllm_gpu_memory, "--vllm-gpu-memory", help="Share of each GPU the vllm engine takes (weights + KV cache)."
+    ),
+    vllm_max_model_len: int | None = typer.Option(
+        D.vllm_max_model_len,
+        "--vllm-max-model-len",
+        help="The vllm engine's longest sequence; default: --max-prompt-tokens + the token budget.",
+    ),
+    vllm_sleep: bool = typer.Option(
+        D.vllm_sleep, "--vllm-sleep/--no-vllm-sleep", help="Free the vllm engine's GPU memory during each update."
     ),
     eval_every: int = typer.Option(D.eval_every, "--eval-every", help="Validate and checkpoint every N steps."),
     val_samples: int = typer.Option(D.val_samples, "--val-samples", help="Validation samples (the first N of val)."),

@@ -136,6 +136,9 @@ class RLConfig:
     # sample only catalog lines (trie-masked, no repeats, seen items excluded); old, new and reference
     # log-probs are those of the masked policy that drew them (what `generate --constrained` serves)
     constrained_rollouts: bool = False
+    vllm_gpu_memory: float = 0.3  # the share of each GPU the vllm engine takes (its weights + KV cache)
+    vllm_max_model_len: int | None = None  # the vllm engine's longest sequence; default: prompt + token budget
+    vllm_sleep: bool = True  # the vllm engine frees its GPU memory while the policy updates
     eval_every: int = 25
     val_samples: int = 100
     val_constrained: bool = False  # validation (and RUN/best) on catalog-constrained greedy lists
@@ -154,9 +157,9 @@ class RLConfig:
         _choice("engine", self.engine, ENGINES)
         _choice("shaping weight", self.shaping_weight, SHAPING_WEIGHTS)
         names = ("group_size", "prompts_per_step", "mu", "max_steps", "micro_batch_size", "eval_every", "n_items")
-        _at_least(self, (*names, "max_new_tokens", "max_prompt_tokens"))
-        if self.constrained_rollouts and self.engine != "hf":
-            raise ConvrecError("--constrained-rollouts needs --engine hf (the vllm engine samples unconstrained)")
+        _at_least(self, (*names, "max_new_tokens", "max_prompt_tokens", "vllm_max_model_len"))
+        if not 0 < self.vllm_gpu_memory <= 1:
+            raise ConvrecError("--vllm-gpu-memory must be in (0, 1]: a share of each GPU's memory")
         if self.temperature <= 0:
             raise ConvrecError("--temperature must be above 0: rollouts sample")
         if not 0 < self.top_p <= 1:

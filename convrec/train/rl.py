@@ -170,9 +170,10 @@ def _setup(cfg: RLConfig) -> _Run:
     dtype = precision.training_dtype(cfg.deepspeed)  # fp32 master weights, even from a bf16 checkpoint
     model = load_model(policy_path, dtype=dtype)
     model.train()
+    amp = precision.resolve(cfg.precision, model)
     ref = None
-    if cfg.beta > 0:
-        ref = load_model(cfg.model, dtype=dtype)
+    if cfg.beta > 0:  # frozen, so no fp32 master to keep: stored in the compute dtype (half the memory at bf16)
+        ref = load_model(cfg.model, dtype="bfloat16" if amp.compute == torch.bfloat16 else dtype)
         ref.eval().requires_grad_(False)
 
     train_df = load_split(cfg.data, "train")
@@ -205,12 +206,18 @@ def _setup(cfg: RLConfig) -> _Run:
     constraints = finder = None
     if cfg.constrained_rollouts:
         constraints, finder = CatalogConstraints(tokenizer, catalog), MentionFinder(catalog)
-    rollout_engine = make_engine(cfg.engine, model, tokenizer, str(policy_path), constraints, seed=cfg.seed)
+    vllm = {  # the vllm engine's settings (an hf engine takes none)
+        "gpu_memory_utilization": cfg.vllm_gpu_memory, "sleep": cfg.vllm_sleep, "seed": cfg.seed,
+        "max_model_len": cfg.vllm_max_model_len or cfg.max_prompt_tokens + sampling.max_new_tokens,
+    }  # fmt: skip
+    rollout_engine = make_engine(
+        cfg.engine, model, tokenizer, str(policy_path), constraints, **(vllm if cfg.engine == "vllm" else {})
+    )
     resumed = ckpt.step if state is not None else None
     log = runlog.RunLog(out, asdict(cfg), resumed_step=resumed, main=distributed.is_main())
     return _Run(
         cfg=cfg, model=model, ref=ref, tokenizer=tokenizer, catalog=catalog,
-        amp=precision.resolve(cfg.precision, model), optimizer=optimizer, engine=engine, ckpt=ckpt,
+        amp=amp, optimizer=optimizer, engine=engine, ckpt=ckpt,
         rollout_engine=rollout_engine, sampling=sampling, constraints=constraints, finder=finder,
         messages=train_df["messages"].to_list(), gts=item_lists(train_df["ground_truth"]),
         seens=item_lists(train_df["seen"]), n_train=train_df.height,

@@ -4,13 +4,13 @@
 of a batch are prefilled once, their KV cache repeated G times, and generation continues from it,
 so a prompt is encoded once, not G times; constrained rollouts then run the plain decoding loop
 `convrec.decoding.loop.decode_constrained` (the same masked distribution, fewer passes). `vllm` runs a
-colocated vLLM engine (optional GPU dependency, prefix caching on, ``n = G`` per prompt) whose
-weights are refreshed from the policy after every update.
+colocated vLLM engine (`convrec.train.vllm_engine`: optional GPU dependency, one per process, prefix
+caching on, ``n = G`` per prompt, constrained through a logits processor over the same trie walk)
+whose weights are refreshed from the policy after every update.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -142,74 +142,14 @@ class HFEngine:
         return out
 
 
-class VLLMWeightSync:
-    """vLLM worker extension (``worker_extension_cls``): loads the policy's weights in place."""
-
-    def convrec_load_weights(self, named: list[tuple[str, torch.Tensor]]) -> None:
-        self.model_runner.model.load_weights(weights=named)
-
-
-class VLLMEngine:
-    """A colocated vLLM engine sampling from a copy of the policy (GPU only)."""
-
-    def __init__(
-        self, model_path: str, *, gpu_memory_utilization: float = 0.3, max_model_len: int = 2048, seed: int = 0
-    ):
-        if importlib.util.find_spec("vllm") is None:
-            raise ConvrecError(
-                "--engine vllm needs vLLM (pip install 'convrec[vllm]' on a CUDA machine); use --engine hf"
-            )
-        if not torch.cuda.is_available():
-            raise ConvrecError("--engine vllm needs a CUDA GPU; use --engine hf on this machine")
-        import os
-
-        # keep the engine core in this process, so weight syncs hand tensors over instead of pickling them
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
-
-        self.llm = LLM(
-            model=str(model_path),
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            enable_prefix_caching=True,  # the G samples of a prompt share its prefill
-            seed=seed,
-            dtype="bfloat16" if torch.cuda.is_bf16_supported() else "float16",
-            worker_extension_cls=f"{__name__}.VLLMWeightSync",
-        )
-
-    def sync_weights(self, model) -> None:
-        named = [(n, p.detach()) for n, p in model.state_dict().items()]
-        self.llm.collective_rpc("convrec_load_weights", args=(named,))
-        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
-
-    def generate(
-        self, prompts: list[list[int]], cfg: SamplingConfig, rows: Sequence[RowConstraint] | None = None
-    ) -> list[list[int]]:
-        if rows is not None:
-            raise ConvrecError("--constrained-rollouts needs --engine hf (the vllm engine samples unconstrained)")
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        stops = list(cfg.stop_ids) or [self.llm.get_tokenizer().eos_token_id]
-        params = SamplingParams(
-            n=cfg.group_size,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_tokens=cfg.max_new_tokens,
-            stop_token_ids=stops,  # vLLM stops on the model's EOS too; either stays in token_ids
-        )
-        results = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        # token_ids are exactly what was sampled, the stop token included: nothing is appended
-        return [list(c.token_ids) for r in results for c in r.outputs]
-
-
 def make_engine(
     name: str, model, tokenizer, model_path: str, constraints: CatalogConstraints | None = None, **kwargs
 ) -> RolloutEngine:
+    """``kwargs``: the vllm engine's settings (`vllm_engine.VLLMEngine`)."""
     if name == "hf":
         return HFEngine(model, tokenizer, constraints=constraints)
-    if constraints is not None:
-        raise ConvrecError("--constrained-rollouts needs --engine hf (the vllm engine samples unconstrained)")
     if name == "vllm":
-        return VLLMEngine(model_path, **kwargs)
+        from convrec.train.vllm_engine import VLLMEngine  # imports vLLM only when it is asked for
+
+        return VLLMEngine(model_path, constraints=constraints, **kwargs)
     raise ConvrecError(f"unknown engine '{name}': choose one of {', '.join(ENGINES)}")
