@@ -89,6 +89,12 @@ def test_batch_killed_and_rerun_equals_uninterrupted_and_online(tmp_path: Path) 
         assert proc.returncode == 0, proc.stderr
         assert len(server.batches.lines) == lines  # a rerun costs 0 requests
 
+        reflect = ["reflect", "--in", out / "remap.parquet", "--data", data, "--judge", "fake-gpt", "--top-n", "30"]
+        proc = run_cli(*reflect, "--out", out / "again.parquet", *_flags(server, cache), "--dry-run")
+        assert proc.returncode == 0, proc.stderr
+        assert re.search(r"requests to send\s+│\s+0\s", proc.stdout), proc.stdout  # every judge answer is cached
+        assert not (out / "again.parquet").exists()
+
     for name in ("remap.parquet", "reflect.parquet"):  # identical answers, identical Stage 1 output
         assert_frame_equal(pl.read_parquet(out / name), pl.read_parquet(tmp_path / "online" / name))
 
