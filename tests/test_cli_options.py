@@ -23,8 +23,9 @@ def _options(cmd):
     return [p for p in cmd.params if type(p).__name__.endswith("Option") and not p.hidden]
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str]:
-    """The real entry point in-process (a bad value fails while parsing, before any work)."""
+def _run(argv: list[str], capsys, stream: str = "err") -> tuple[int, str]:
+    """The real entry point in-process (a bad value fails while parsing, before any work): the exit
+    code and what it wrote to ``stream``."""
     old = sys.argv
     sys.argv = ["convrec", *argv]
     try:
@@ -32,7 +33,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
             main()
     finally:
         sys.argv = old
-    return exit_info.value.code, capsys.readouterr().err
+    return exit_info.value.code, getattr(capsys.readouterr(), stream)
 
 
 def _required(cmd, skip: str) -> list[str]:
@@ -108,20 +109,9 @@ def test_old_spellings_are_refused_naming_the_new_one(argv, new, capsys):
 
 def test_short_help_and_an_example_in_every_command(capsys):
     for path in COMMANDS:
-        code, out = _run_out([*path, "-h"], capsys)
+        code, out = _run([*path, "-h"], capsys, "out")
         assert code == 0, path
         assert "Example" in out and f"convrec {' '.join(path)}" in out, f"{' '.join(path)}: no example in its help"
-
-
-def _run_out(argv: list[str], capsys) -> tuple[int, str]:
-    old = sys.argv
-    sys.argv = ["convrec", *argv]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-    finally:
-        sys.argv = old
-    return exit_info.value.code, capsys.readouterr().out
 
 
 def _shown_commands() -> list[tuple[str, str]]:
