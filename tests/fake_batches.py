@@ -10,7 +10,8 @@ A batch moves one step per retrieve: ``validating`` -> ``in_progress`` (for ``in
 retrieves) -> ``finalizing`` -> its fate, taken in creation order from ``fates`` (then
 ``completed``): ``completed``; ``expired`` (the first ``partial`` share of its lines answered, the
 rest in the error file as ``batch_expired``); ``cancelled`` (the same, ``batch_cancelled``);
-``failed`` (input validation failed: no output at all). An input file that breaks the documented
+``failed`` (input validation failed: no output at all); ``token_limit_exceeded`` (fails that
+way after validating, as when the account has too many tokens enqueued). An input file that breaks the documented
 format or limits fails validation the same way. In a completed batch a share ``line_errors`` of the
 lines (seeded by custom id) get a 500 in the error file, and custom ids whose messages contain one
 of ``rejected`` get a 400. The output file lists the answered lines in a shuffled order, as the
@@ -183,6 +184,10 @@ class FakeBatches:
                 if b["status"] == "failed":
                     b["errors"] = {"object": "list", "data": [b["_problem"] or {"code": "invalid_request"}]}
                     b["failed_at"] = int(time.time())
+            elif b["status"] == "in_progress" and b["_fate"] == "token_limit_exceeded":
+                b["status"], b["failed_at"] = "failed", int(time.time())
+                limit = {"code": "token_limit_exceeded", "message": "Enqueued token limit reached", "line": None}
+                b["errors"] = {"object": "list", "data": [limit]}
             elif b["status"] == "in_progress" and b["_polls"] > 1 + self.in_progress_polls:
                 b["status"] = "finalizing"
             elif b["status"] in ("finalizing", "cancelling"):

@@ -108,6 +108,17 @@ def test_a_batch_that_fails_validation_is_one_line(tmp_path):
             _batch_client(server, tmp_path).complete_many(list_requests(3))
 
 
+def test_a_batch_over_the_enqueued_token_limit_is_resubmitted(tmp_path):
+    requests = list_requests(6)
+    with _server() as server:
+        server.batches.fates = ["completed", "token_limit_exceeded"]
+        client = _batch_client(server, tmp_path, max_requests=3)
+        answers = client.complete_many(requests)
+        assert all(a.text for a in answers)
+        assert len(server.batches.created) == 3  # the refused file went out once more, after the others
+        assert len(server.batches.lines) == 9 and client.usage.requests == 9
+
+
 def test_a_kill_between_create_and_its_record_finds_the_batch_instead_of_creating_another(tmp_path):
     requests = list_requests(5)
     with _server() as server:

@@ -16,7 +16,8 @@ online calls (same key, same record): a rerun costs 0 requests, online or batch.
 - A finished job's output file gives answers in any order (matched by custom id); its error file
   and lines missing from both (expired, cancelled) are resubmitted, each request at most
   ``resubmits`` more times in a run. A line the API rejected for good (a 4xx other than 408/409/429) is
-  not resubmitted: it comes back unanswered with its cause, as online.
+  not resubmitted: it comes back unanswered with its cause, as online. A batch that failed because
+  the account's enqueued-token limit was reached is resubmitted after the running ones finish.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ MAX_REQUESTS = 50_000  # per input file (the API's documented limit)
 MAX_BYTES = 200 * 1000 * 1000  # 200 MB per input file, read as the smaller (decimal) megabyte
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 JOURNAL = "jobs.json"
+QUEUE_FULL = "token_limit_exceeded"  # a failed batch's code when the account's enqueued-token limit is reached
 
 
 @dataclass
@@ -223,6 +225,10 @@ class _Run:
             why = f"{errs[0].code}: {errs[0].message}" if errs else "no reason given"
             job["collected"] = True
             self.journal.save()
+            if any(e.code == QUEUE_FULL for e in errs):  # too many tokens queued: resubmitted once others finish
+                for key in keys:
+                    self.causes[key] = f"batch {batch.id} failed: {QUEUE_FULL}"
+                return
             raise ConvrecError(f"batch {batch.id} failed validation ({why}); fix the cause and rerun")
         for line in self._lines(batch.output_file_id) + self._lines(batch.error_file_id):
             key = line.get("custom_id")
