@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(not REDIAL.exists(), reason=f"real ReDIAL file {
 
 def redial_to_chat(src: Path, dst: Path) -> None:
     """One chat conversation per dialog: its longest context plus that row's answer. A row's answer sits
-    at position len(context) of the dialog, so those positions are the assistant's; the rest the user's."""
+    at position len(context) of the dialog, so those positions are the assistant's; between them roles
+    alternate backwards, as the dedicated importer guesses them from each row's end."""
     dialogs: dict[str, list[dict]] = {}
     for line in src.read_text().splitlines():
         if line.strip():
@@ -34,12 +35,13 @@ def redial_to_chat(src: Path, dst: Path) -> None:
     with open(dst, "w") as fh:
         for dialog, rows in dialogs.items():
             last = max(rows, key=lambda r: len(r["context"]))
-            bot = {len(r["context"]) for r in rows}
-            utts = [*last["context"], last["resp"]]
-            msgs = [
-                {"role": "assistant" if i in bot else "user", "content": u} for i, u in enumerate(utts) if u.strip()
-            ]
-            fh.write(json.dumps({"conversation_id": dialog, "messages": msgs}) + "\n")
+            bot = {len(r["context"]) for r in rows}  # where a recommender row's answer sits
+            utts = [(i, u) for i, u in enumerate([*last["context"], last["resp"]]) if u.strip()]
+            msgs, role = [], "assistant"
+            for i, u in reversed(utts):  # backwards from each answer, roles alternate
+                role = "assistant" if i in bot else ("user" if role == "assistant" else "assistant")
+                msgs.append({"role": role, "content": u})
+            fh.write(json.dumps({"conversation_id": dialog, "messages": msgs[::-1]}) + "\n")
 
 
 def _samples(d: Path) -> dict[tuple, tuple[str, dict]]:
@@ -86,6 +88,7 @@ def test_redial_through_the_generic_importer(tmp_path: Path) -> None:
     for key in common:
         (sa, ra), (sb, rb) = a[key], b[key]
         assert sa == sb  # the same split for every sample
+        assert [m["role"] for m in ra["messages"]] == [m["role"] for m in rb["messages"]]  # and the same roles
         turn = chat[key[0]][len(rb["messages"])]["content"]
         context = " ".join(key[1])
         ga, gb = _items(ra["ground_truth"]), _items(rb["ground_truth"])
@@ -121,7 +124,7 @@ def test_redial_through_the_generic_importer(tmp_path: Path) -> None:
     for key in b.keys() - a.keys():  # samples only the generic importer has
         turn = chat[key[0]][len(key[1])]["content"]
         assert all(_written(turn, it) for it in _items(b[key][1]["ground_truth"]).values())
-        why["sample: the turn names a catalog title with its year; no rec id gives a new one"] += 1
+        why["sample: an assistant turn names a catalog title with its year; no row or rec id gives it"] += 1
     assert len(common) >= 0.99 * len(a) and len(common) >= 0.99 * len(b)
     same_gt = sum(_items(a[k][1]["ground_truth"]).keys() == _items(b[k][1]["ground_truth"]).keys() for k in common)
     assert same_gt >= 0.99 * len(common)
