@@ -235,3 +235,23 @@ def test_cli_prints_the_report(tmp_path: Path, catalog: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "# Data report" in proc.stdout and "most frequent" in proc.stdout
     assert (tmp_path / "data" / "REPORT.md").exists() and (tmp_path / "data" / "matching.json").exists()
+
+
+def test_rows_with_a_list_column_of_ground_truth(tmp_path: Path, catalog: Path) -> None:
+    rows = [
+        {"conversation_id": "a", "role": "human", "content": "Something with The Matrix (1999) vibes?", "recs": None},
+        {"conversation_id": "a", "role": "bot", "content": "Here you go.", "recs": ["Inception (2010)", "Heat (1995)"]},
+        {"conversation_id": "b", "role": "customer", "content": "Scary please", "recs": None},
+        {"conversation_id": "b", "role": "agent", "content": "Try this.", "recs": ["Alien (1979)"]},
+        {"conversation_id": "b", "role": "narrator", "content": "(ends)", "recs": None},
+    ]
+    pl.DataFrame(rows).write_parquet(tmp_path / "rows.parquet")
+    report, _ = import_logs(
+        tmp_path / "rows.parquet", catalog, tmp_path / "data", fields=LogFields(ground_truth="recs")
+    )
+    got = samples(tmp_path / "data")
+    assert {k: (v[1], v[2]) for k, v in got.items()} == {
+        "a:1": ({("The Matrix", 1999)}, {("Inception", 2010), ("Heat", 1995)}),
+        "b:1": (set(), {("Alien", 1979)}),
+    }
+    assert report.rejected["unknown role 'narrator'"] == 1
