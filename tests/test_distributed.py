@@ -3,6 +3,7 @@ process group's backend, timeout and single-process start, on CPU (gloo)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,24 @@ def test_the_group_reduces_cpu_statistics_beside_nccl_and_waits_long():
 
     assert proc.stdout.split() == ["1", str(TIMEOUT_MIN * 60)]
     assert not torch.distributed.is_initialized()  # the test process itself never joined a group
+
+
+@pytest.mark.slow  # three two-process RL runs: about 4 minutes on a busy 2-core machine
+def test_zero2_rl_kill_and_resume_matches_uninterrupted(sft_world, tmp_path):
+    """Each rank samples its own prompts, so each rank's RNG stream is its own: a resumed two-process
+    run restores every rank's generator (not rank 0's everywhere) and logs what the uninterrupted one did."""
+    from tests.conftest import kill_after_first_checkpoint
+    from tests.test_rl import RL_ARGS
+
+    args = ["--model", str(sft_world / "sft" / "best"), "--data", str(sft_world / "data"), "--max-steps", "4"]
+    cmd = torchrun_command(2, "rl", *args, "--eval-every", "2", "--deepspeed", "ds_configs/zero2.json", *RL_ARGS)
+    _run([*cmd, "--out", str(tmp_path / "full")])
+    run = tmp_path / "killed"
+    kill_after_first_checkpoint([*cmd, "--out", str(run)], run, cwd=ROOT, timeout=600)
+    saved = torch.load(run / "last" / "trainer_state.pt", weights_only=False)
+    assert saved["step"] == 2 and len(saved["rng"]) == 2
+    _run([*cmd, "--out", str(run), "--resume"])
+    keys = ("loss", "reward_mean", "kl", "entropy")
+    logs = [(r / "metrics.jsonl").read_text().splitlines() for r in (tmp_path / "full", run)]
+    expected, got = ([x[k] for x in map(json.loads, lines) if "loss" in x for k in keys] for lines in logs)
+    assert len(got) == 4 * len(keys) and got == pytest.approx(expected, rel=1e-5, abs=1e-6)

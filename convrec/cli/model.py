@@ -10,6 +10,7 @@ from rich.table import Table
 
 from convrec.cli.choices import weight_dtype
 from convrec.cli.common import console, renamed
+from convrec.models.tiny import SIZE_NAMES
 
 app = typer.Typer(help="Build (init) or import student models.", no_args_is_help=True)
 
@@ -18,7 +19,12 @@ app = typer.Typer(help="Build (init) or import student models.", no_args_is_help
 def init_command(
     data: Path = typer.Option(..., "--data", help="Data folder: the tokenizer is trained on its texts and catalog."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (save_pretrained layout)."),
-    size: str = typer.Option("tiny", "--size", help="tiny (~2M parameters) or small (~6M)."),
+    size: Literal[SIZE_NAMES] = typer.Option(
+        "tiny",
+        "--size",
+        help="tiny (~2M parameters), small (~6M), or a published student's shape with random weights, for GPU "
+        "speed and memory measurements only (docs/gpu.md).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Initialisation seed."),
     item_tokens: bool = typer.Option(
         False, "--item-tokens/--no-item-tokens", help="Give every catalog line `Title (Year)` one token of its own."

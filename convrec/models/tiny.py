@@ -41,6 +41,32 @@ SIZES = {  # hidden, layers, heads, kv heads, intermediate, vocab
     "tiny": (192, 4, 6, 2, 512, 4096),
     "small": (256, 6, 8, 4, 704, 8192),
 }
+# The students users train, at their published shapes (config.json of each model card; no download), for GPU
+# speed and memory measurements only: random weights, the vocabulary's size but the dataset's own tokenizer
+# (its ids are the first rows; the rest, untrained, are there so logits and embeddings cost what they do).
+_LLAMA32 = {
+    "vocab_size": 128256, "intermediate_size": 8192, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0, "max_position_embeddings": 131072, "tie_word_embeddings": True,
+    "rope_scaling": {
+        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+}  # fmt: skip
+SHAPES = {  # name: (transformers config class, its arguments)
+    "qwen2.5-0.5b": ("Qwen2Config", {
+        "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+        "num_attention_heads": 14, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768, "tie_word_embeddings": True,
+    }),
+    "llama3.2-1b": ("LlamaConfig", {
+        **_LLAMA32, "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "head_dim": 64,
+    }),
+    "llama3.2-3b": ("LlamaConfig", {
+        **_LLAMA32, "hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24, "head_dim": 128,
+    }),
+}  # fmt: skip
+SIZE_NAMES = (*SIZES, *SHAPES)
+SHAPE_TOKENIZER_VOCAB = SIZES["small"][-1]
 
 
 def training_texts(data_dir: Path) -> Iterator[str]:
@@ -102,6 +128,23 @@ def add_instruction_token(tokenizer, n_items: int = 20) -> int:
     return tokenizer.add_tokens([AddedToken(instruction(n_items), normalized=False)])
 
 
+def model_config(size: str, tokenizer):
+    """The transformers config of a ``size``: a tiny Llama sized to the tokenizer, or a published shape."""
+    import transformers
+
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    ids["pad_token_id"] = tokenizer.pad_token_id
+    if size in SHAPES:
+        cls, kwargs = SHAPES[size]
+        return getattr(transformers, cls)(**kwargs, **ids)
+    hidden, layers, heads, kv_heads, inter, _ = SIZES[size]
+    return transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
+        tie_word_embeddings=True, **ids,
+    )  # fmt: skip
+
+
 def init_model(
     data_dir: str | Path,
     out: str | Path,
@@ -114,37 +157,28 @@ def init_model(
 ) -> dict:
     """Train the tokenizer, build a random Llama, save both to ``out``; return a summary."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from convrec.models.load import quiet_transformers
 
     quiet_transformers()
-    if size not in SIZES:
-        raise ConvrecError(f"unknown model size '{size}': choose one of {', '.join(SIZES)}")
+    if size not in SIZE_NAMES:
+        raise ConvrecError(f"unknown model size '{size}': choose one of {', '.join(SIZE_NAMES)}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConvrecError(f"{out}: is a file, expected a folder for the model")
-    hidden, layers, heads, kv_heads, inter, vocab = SIZES[size]
+    vocab = SIZES[size][-1] if size in SIZES else SHAPE_TOKENIZER_VOCAB
     tokenizer = train_tokenizer(training_texts(Path(data_dir)), vocab)
     items = add_item_tokens(tokenizer, load_catalog(Path(data_dir))) if item_tokens else 0
     if instruction_token and n_items < 1:
         raise ConvrecError(f"--n-items must be at least 1, got {n_items}")
     instr = add_instruction_token(tokenizer, n_items) if instruction_token else 0
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    config = model_config(size, tokenizer)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    if size in SHAPES:  # stored in bf16 like the published checkpoints (training loads fp32 masters)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    else:
+        model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = out.with_name(f".{out.name}.tmp")
     model.save_pretrained(tmp)
@@ -157,8 +191,8 @@ def init_model(
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab": len(tokenizer),
-        "layers": layers,
-        "hidden": hidden,
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
         "size": size,
         "item_tokens": items,
         "instruction_token": instr,

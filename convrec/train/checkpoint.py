@@ -90,6 +90,26 @@ def load_state(folder: Path) -> dict:
         raise ConvrecError(f"{path}: corrupt trainer state ({type(e).__name__})") from None
 
 
+def rng_state() -> dict:
+    """This process's random state: the CPU generator and, on a GPU, its CUDA generator."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(saved) -> None:
+    """Restore this rank's entry of a checkpoint's per-rank states (one tensor: an older checkpoint,
+    the CPU state rank 0 had)."""
+    if isinstance(saved, torch.Tensor):
+        torch.set_rng_state(saved)
+        return
+    mine = saved[distributed.rank() % len(saved)]  # resumed on more processes: not exact anyway
+    torch.set_rng_state(mine["cpu"])
+    if "cuda" in mine and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine["cuda"])
+
+
 def validation_due(step: int, total: int, every: int) -> bool:
     """Validate (and checkpoint) every ``every`` steps and after the last one."""
     return step % every == 0 or step == total
@@ -97,7 +117,7 @@ def validation_due(step: int, total: int, every: int) -> bool:
 
 class Checkpointer:
     """One run's checkpoints, the same for sft and rl: ``RUN/last`` (model + trainer state: optimiser,
-    scheduler, RNG, step, best metric), ``RUN/best`` by the validation metric, K-1 older copies of
+    scheduler, every rank's RNG, step, best metric), ``RUN/best`` by the validation metric, K-1 older copies of
     last (`keep_copy`), and with DeepSpeed each rank's optimiser shard in ``RUN/ds_state``.
 
     `save` is collective (every rank calls it); rank 0 alone validates and writes model folders."""
@@ -115,14 +135,15 @@ class Checkpointer:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.step, self.best = state["step"], state["best"]
 
     def save(self, step: int, validate, *, metric: str = "ndcg@20", save_last: bool = True) -> dict | None:
         """Capture the trainer state, then on rank 0 run ``validate()`` (a dict of metrics), save
         ``RUN/best`` when ``metric`` improved and ``RUN/last`` (unless ``save_last`` is False, as at an
         RL run's step 0). Returns the metrics on rank 0, None elsewhere."""
-        state = {"rng": torch.get_rng_state(), "step": step, "best": self.best}
+        # every rank's generators (collective): ranks sample different prompts, so their streams differ
+        state = {"rng": distributed.gather(rng_state()), "step": step, "best": self.best}
         if self.engine is not None:
             self.engine.save_checkpoint(str(self.out / "ds_state"), tag=f"step{step}")  # collective
         else:
