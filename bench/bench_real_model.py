@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SFT_STEPS, SFT_BATCH = 2, 4  # timed SFT steps (after one warm-up), their batch
 GEN_PROMPTS, GEN_TOKENS = 16, 200  # test prompts and new tokens of each timed `convrec generate`
+PARTS = ("sft", "generate", "rl")
 RL_SMALL = ["--group-size", "4", "--prompts-per-step", "2", "--micro-batch-size", "8"]
 
 
@@ -121,20 +122,25 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
-def measure(model_dir: str, data: str, tmp: str, small: str) -> dict:
-    """Every figure as [value, the 1-minute load average right after it was taken]."""
+def measure(model_dir: str, data: str, tmp: str, small: str, parts: str = ",".join(PARTS)) -> dict:
+    """Every figure of the chosen parts as [value, the 1-minute load average right after it was taken]."""
     row = {}
-    for lora in (0, 8):
-        row[f"sft {'LoRA r 8' if lora else 'full'} tok/s"] = [_sft_tps(model_dir, data, lora), _load()]
-    row["peak RSS MiB (sft)"] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _load()]
-    for constrained in (False, True):
-        name = f"generate command {'constrained' if constrained else 'greedy'} tok/s"
-        row[name] = [_gen_command_tps(model_dir, data, tmp, constrained), _load()]
-    ratio = row["generate command constrained tok/s"][0] / row["generate command greedy tok/s"][0]
-    row["constrained / greedy tok/s"] = [ratio, _load()]
-    rollout, update = _rl_step(model_dir, data, tmp, small == "1")
-    row["rl rollout s"], row["rl update s"] = [rollout, _load()], [update, _load()]
-    row["peak RSS MiB (generate, rl)"] = [resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, _load()]
+    if "sft" in parts:
+        for lora in (0, 8):
+            row[f"sft {'LoRA r 8' if lora else 'full'} tok/s"] = [_sft_tps(model_dir, data, lora), _load()]
+        row["peak RSS MiB (sft)"] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _load()]
+    if "generate" in parts:
+        for constrained in (False, True):
+            name = f"generate command {'constrained' if constrained else 'greedy'} tok/s"
+            row[name] = [_gen_command_tps(model_dir, data, tmp, constrained), _load()]
+        ratio = row["generate command constrained tok/s"][0] / row["generate command greedy tok/s"][0]
+        row["constrained / greedy tok/s"] = [ratio, _load()]
+    if "rl" in parts:
+        rollout, update = _rl_step(model_dir, data, tmp, small == "1")
+        row["rl rollout s"], row["rl update s"] = [rollout, _load()], [update, _load()]
+    if "generate" in parts or "rl" in parts:
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        row["peak RSS MiB (generate, rl commands)"] = [peak, _load()]
     return row
 
 
@@ -143,8 +149,15 @@ def main() -> None:
     parser.add_argument("--gemma", help="an imported Gemma folder (default: import from the installed package)")
     parser.add_argument("--rl-small", action="store_true", help="RL step at 2 prompts × 4 samples (busy machines)")
     parser.add_argument("--only-gemma", action="store_true", help="skip the tiny student's column")
-    parser.add_argument("--child", nargs=4, metavar=("MODEL", "DATA", "TMP", "SMALL"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)} to measure (default: all)",
+    )
+    parser.add_argument("--child", nargs=5, metavar=("MODEL", "DATA", "TMP", "SMALL", "PARTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.parts or set(args.parts.split(",")) - set(PARTS):
+        parser.error(f"--parts: a comma-separated subset of {','.join(PARTS)}, got {args.parts!r}")
     if args.child:
         print(json.dumps(measure(*args.child)))
         return
@@ -169,7 +182,16 @@ def main() -> None:
         models = [("tiny student (1.8M)", str(tmpp / "tiny"))] if not args.only_gemma else []
         for name, path in [*models, ("Gemma 3 270M", gemma)]:
             t = time.perf_counter()
-            cmd = [sys.executable, __file__, "--child", path, str(tmpp / "data"), tmp, str(int(args.rl_small))]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                path,
+                str(tmpp / "data"),
+                tmp,
+                str(int(args.rl_small)),
+                args.parts,
+            ]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"{name}: the measuring child failed\n{proc.stderr[-3000:]}")
