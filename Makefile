@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install test test-fast lint bench loadtest demo clean
+.PHONY: install install-gpu constraints-gpu gpu-smoke test test-fast lint bench loadtest demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,22 @@ $(TORCH_STAMP): $(BIN)/uv
 
 install: $(TORCH_STAMP)
 	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -c constraints.txt $(TORCH_PIN) -e '.[dev]'
+
+# A CUDA machine (linux x86_64): vLLM and the CUDA torch it pins, every version from constraints-gpu.txt
+# (docs/gpu.md). No CPU-torch stamp: vLLM brings its own torch.
+install-gpu: $(BIN)/uv
+	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -c constraints-gpu.txt -e '.[vllm,dev]'
+
+# Resolve constraints-gpu.txt again after a dependency change (reaches the package index).
+constraints-gpu: $(BIN)/uv
+	$(BIN)/uv pip compile pyproject.toml --extra vllm --extra dev --python-platform x86_64-unknown-linux-gnu \
+		--python-version 3.11 --custom-compile-command "make constraints-gpu" -q -o constraints-gpu.txt
+
+# One CUDA GPU: sft (LoRA and full, ZeRO-2, bf16), rl, generate, eval and one served request on the
+# Qwen2.5-0.5B-shaped student (and Gemma 3 270M); prints step times, tokens/s, peak GPU memory.
+# Without CUDA: one line, exit 2.
+gpu-smoke:
+	$(BIN)/python bench/gpu_smoke.py
 
 test: install
 	$(BIN)/pytest -q

@@ -175,8 +175,10 @@ def train(cfg: SFTConfig, console=None) -> dict:
                 scheduler.step()
             step += 1
             last_loss = distributed.mean_across_ranks(loss_sum)
-            tps = tokens * world / (time.perf_counter() - t0)
-            log({"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps})
+            seconds = time.perf_counter() - t0
+            tps = tokens * world / seconds
+            lr = scheduler.get_last_lr()[0]
+            log({"step": step, "loss": last_loss, "lr": lr, "tokens_per_s": tps, "step_s": seconds})
             progress.update(task, completed=step, info=f"loss {last_loss:.3f} · {tps:,.0f} tok/s")
             if checkpoint.validation_due(step, total, cfg.eval_every):
                 metrics = ckpt.save(step, lambda: validate(model, tokenizer, val_df, val_enc, catalog, cfg))
