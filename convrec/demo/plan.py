@@ -58,7 +58,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "beta": 0.01,
             "eval_every": SMALL_RL_STEPS,
             # the samples SFT validates on, so RL's step 0 (the SFT model) and SFT's last point agree;
-            # on 50 the curves were not comparable. +7 s per validation on a busy 2-core machine (2 per run)
+            # on 50 the curves were not comparable. +5 to 7 s per validation on a busy 2-core machine (2 per run)
             "val_samples": 200,
             "group_size": 8,
             "constrained_rollouts": True,
