@@ -127,7 +127,7 @@ class VLLMEngine:
             dtype="bfloat16" if torch.cuda.is_bf16_supported() else "float16",
         )  # fmt: skip
         torch.cuda.set_device(distributed.local_rank())  # the trainer's GPU, whatever vLLM selected
-        self.asleep = False
+        self.asleep = 0  # the sleep level the engine is in (0: awake)
 
     def sync_weights(self, model) -> None:
         """Remember the updated policy; its weights are loaded when the next rollouts need them
@@ -137,20 +137,20 @@ class VLLMEngine:
     def _wake(self) -> None:
         if self.asleep:
             self.llm.wake_up(tags=["weights"])
-        if self.stale or self.asleep:  # level-2 sleep dropped the weights: reload them too
+        if self.stale or self.asleep == 2:  # a level-2 sleep dropped the weights: reload them too
             with merged(self.policy) as m:
                 self.llm.collective_rpc("convrec_load_weights", args=(list(vllm_weights(m)),))
             self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
             self.stale = False
         if self.asleep:
             self.llm.wake_up(tags=["kv_cache"])
-            self.asleep = False
+            self.asleep = 0
 
     def generate(self, prompts: list[list[int]], cfg, rows: Sequence[RowConstraint] | None = None) -> list[list[int]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if self.policy is not None:
+        if self.asleep or self.stale:
             self._wake()
         stops = list(cfg.stop_ids) or [self.llm.get_tokenizer().eos_token_id]
         params = [
@@ -166,9 +166,9 @@ class VLLMEngine:
             for i in range(len(prompts))
         ]
         results = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        if self.sleep_mode:
-            self.llm.sleep(level=2)
-            self.asleep = True
+        if self.sleep_mode:  # level 2 frees the weights too, once there is a policy to reload them from
+            self.asleep = 2 if self.policy is not None else 1
+            self.llm.sleep(level=self.asleep)
         # token_ids are exactly what was sampled, the stop token included: nothing is appended
         return [list(c.token_ids) for r in results for c in r.outputs]
 
