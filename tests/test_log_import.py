@@ -255,3 +255,17 @@ def test_rows_with_a_list_column_of_ground_truth(tmp_path: Path, catalog: Path) 
         "b:1": (set(), {("Alien", 1979)}),
     }
     assert report.rejected["unknown role 'narrator'"] == 1
+
+
+def test_sharegpt_style_jsonl(tmp_path: Path, catalog: Path) -> None:
+    line = {
+        "id": "s1",
+        "conversations": [
+            {"from": "human", "value": "Loved Heat (1995). Another?"},
+            {"from": "gpt", "value": "Alien (1979), a different kind of tension."},
+        ],
+    }
+    (tmp_path / "share.jsonl").write_text(json.dumps(line) + "\n")
+    fields = LogFields(conversation_id="id", role="from", text="value", messages="conversations")
+    import_logs(tmp_path / "share.jsonl", catalog, tmp_path / "data", fields=fields)
+    assert {k: v[1:3] for k, v in samples(tmp_path / "data").items()} == {"s1:1": ({("Heat", 1995)}, {("Alien", 1979)})}

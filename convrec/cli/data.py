@@ -81,8 +81,11 @@ def import_command(
     id_field: str = typer.Option(
         "conversation_id", "--id-field", help="Conversation id key/column (JSONL: else the line number)."
     ),
-    role_field: str = typer.Option("role", "--role-field", help="Role column of row-shaped logs."),
-    text_field: str = typer.Option("content", "--text-field", help="Message text column of row-shaped logs."),
+    messages_field: str = typer.Option(
+        "messages", "--messages-field", help="Key of the message list (chat JSONL, datasets; ShareGPT: conversations)."
+    ),
+    role_field: str = typer.Option("role", "--role-field", help="Role key of a message, or role column of rows."),
+    text_field: str = typer.Option("content", "--text-field", help="Text key of a message, or text column of rows."),
     time_field: str = typer.Option(
         "timestamp", "--time-field", help="Timestamp key/column (epoch seconds or ISO 8601), used when present."
     ),
@@ -110,7 +113,7 @@ def import_command(
     from convrec.data.log_import import SplitOptions, import_logs
     from convrec.data.logs import LogFields
 
-    fields = LogFields(id_field, role_field, text_field, time_field, ground_truth_field)
+    fields = LogFields(id_field, role_field, text_field, time_field, ground_truth_field, messages_field)
     split = SplitOptions(split_by, seed, val_fraction, test_fraction)
     report, data_report = import_logs(
         logs, catalog, out, fmt=fmt, fields=fields, split=split, require_year=require_year

@@ -2,8 +2,9 @@
 
 Log shapes (``--format auto`` tells them apart by the path):
 
-- chat JSONL (``.jsonl``): one conversation per line, ``{"messages": [{"role", "content"}, ...]}``,
-  optionally with an id (``--id-field``, default ``conversation_id``; else the line number) and a
+- chat JSONL (``.jsonl``): one conversation per line, ``{"messages": [{"role", "content"}, ...]}``
+  (``--messages-field``, ``--role-field``, ``--text-field``: ShareGPT's ``{"conversations": [{"from",
+  "value"}]}`` too), optionally with an id (``--id-field``, default ``conversation_id``; else the line number) and a
   timestamp (``--time-field``, default ``timestamp``: epoch seconds or ISO 8601);
 - rows (``.csv``, ``.tsv``, ``.parquet``): one message per row with a conversation id, a role and a
   text column (``--id-field``, ``--role-field``, ``--text-field``), in conversation order, or sorted
@@ -56,6 +57,7 @@ class LogFields:
     text: str = "content"
     time: str = "timestamp"
     ground_truth: str | None = None
+    messages: str = "messages"  # JSONL / datasets: the list of messages (ShareGPT: "conversations")
 
 
 @dataclass
@@ -130,9 +132,9 @@ def _from_records(records, fields: LogFields, report: ImportReport) -> Iterator[
     ids: set[str] = set()
     any_messages = False
     for obj in records:
-        msgs = obj.get("messages")
+        msgs = obj.get(fields.messages)
         if not isinstance(msgs, list):
-            report.reject("no 'messages' list")
+            report.reject(f"no '{fields.messages}' list")
             continue
         any_messages = True
         cid = str(obj.get(fields.conversation_id) or f"line{obj.get('_line', len(ids) + 1)}")
@@ -144,15 +146,18 @@ def _from_records(records, fields: LogFields, report: ImportReport) -> Iterator[
         for m in msgs:
             m = m if isinstance(m, dict) else {}
             gt = m.get(fields.ground_truth) if fields.ground_truth else None
-            msg = _message(m.get("role"), m.get("content"), gt, report)
+            msg = _message(m.get(fields.role), m.get(fields.text), gt, report)
             if msg is not None:
                 conv.messages.append(msg)
         if conv.time is None:
             times = [_time(m.get(fields.time)) for m in msgs if isinstance(m, dict)]
             conv.time = min((t for t in times if t is not None), default=None)
         yield conv
-    if not any_messages and report.rejected.get("no 'messages' list"):
-        raise ConvrecError("no line has a 'messages' list: is this chat JSONL ({\"messages\": [...]} per line)?")
+    if not any_messages and report.rejected.get(f"no '{fields.messages}' list"):
+        raise ConvrecError(
+            f"no line has a '{fields.messages}' list: is this chat JSONL ({{\"{fields.messages}\": [...]}} per line; "
+            "see --messages-field)?"
+        )
 
 
 def _message(role: Any, content: Any, gt: Any, report: ImportReport) -> Message | None:
@@ -264,7 +269,7 @@ def _from_hf(path: Path, fields: LogFields, report: ImportReport) -> list[Conver
         raise ConvrecError(f"{path}: not a Hugging Face datasets folder ({type(e).__name__})") from None
     parts = list(ds.values()) if isinstance(ds, datasets.DatasetDict) else [ds]
     df = pl.concat([pl.from_arrow(p.data.table) for p in parts], how="vertical_relaxed")
-    if "messages" in df.columns:
+    if fields.messages in df.columns:
         records = ({**r, "_line": i + 1} for i, r in enumerate(df.to_dicts()))
         return list(_from_records(records, fields, report))
     return _from_rows(df, fields, report, str(path))
