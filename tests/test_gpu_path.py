@@ -37,3 +37,55 @@ def test_gpu_smoke_refuses_without_cuda_in_one_line():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "CUDA" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from convrec.data.synth import generate
+    from convrec.models.tiny import init_model
+
+    root = tmp_path_factory.mktemp("gc")
+    generate(root / "data", seed=0)
+    init_model(root / "data", root / "model")
+    return root
+
+
+def test_rl_gradient_checkpointing_scores_and_differentiates_the_same(world):
+    """`rl --gradient-checkpointing` scores each rollout as a full sequence (transformers drops the KV
+    cache the shared-prompt path continues from): same log-probs, entropies and gradients."""
+    from convrec.data import load_split
+    from convrec.decoding.generate import encode_prompts
+    from convrec.models.load import load_model, load_tokenizer
+    from convrec.train.rl import token_logps
+
+    tok, model = load_tokenizer(world / "model"), load_model(world / "model")
+    model.train()
+    msgs = load_split(world / "data", "train")["messages"].to_list()[:3]
+    prompts = encode_prompts(tok, msgs, 4, 512)
+    rows = [prompts[0]] * 2 + [prompts[1]] * 2 + [prompts[2]]
+    t, g = 7, torch.Generator().manual_seed(0)
+    comp = torch.randint(3, len(tok), (len(rows), t), generator=g)
+    mask = torch.arange(t)[None] < torch.tensor([7, 3, 5, 1, 6])[:, None]
+    comp = torch.where(mask, comp, tok.pad_token_id)
+    weights = torch.linspace(0.5, 2, t)
+
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.zero_grad()
+        logp, ent = token_logps(model, rows, comp, mask, tok.pad_token_id, 1.2, shared=not checkpointing)
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), ent, [p.grad.clone() for p in model.parameters()]))
+    (a, ea, ga), (b, eb, gb) = results
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ea, eb, atol=1e-4)
+    assert all(torch.allclose(x, y, atol=1e-5, rtol=1e-4) for x, y in zip(ga, gb, strict=True))
+
+
+def test_rl_runs_with_gradient_checkpointing(world, tmp_path):
+    from tests.conftest import run_cli
+    from tests.test_rl import RL_ARGS
+
+    base = ["--model", world / "model", "--data", world / "data", "--out", tmp_path / "r", "--max-steps", "1"]
+    proc = run_cli("rl", *base, *RL_ARGS, "--gradient-checkpointing", "--eval-every", "1", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -72,6 +72,11 @@ def rl_command(
     vllm_sleep: bool = typer.Option(
         D.vllm_sleep, "--vllm-sleep/--no-vllm-sleep", help="Free the vllm engine's GPU memory during each update."
     ),
+    gradient_checkpointing: bool = typer.Option(
+        D.gradient_checkpointing,
+        "--gradient-checkpointing",
+        help="Recompute activations in backward: less memory (each rollout scored as a full sequence).",
+    ),
     eval_every: int = typer.Option(D.eval_every, "--eval-every", help="Validate and checkpoint every N steps."),
     val_samples: int = typer.Option(D.val_samples, "--val-samples", help="Validation samples (the first N of val)."),
     val_constrained: bool = typer.Option(

@@ -139,6 +139,7 @@ class RLConfig:
     vllm_gpu_memory: float = 0.3  # the share of each GPU the vllm engine takes (its weights + KV cache)
     vllm_max_model_len: int | None = None  # the vllm engine's longest sequence; default: prompt + token budget
     vllm_sleep: bool = True  # the vllm engine frees its GPU memory while the policy updates
+    gradient_checkpointing: bool = False  # recompute activations in the backward (rows scored as full sequences)
     eval_every: int = 25
     val_samples: int = 100
     val_constrained: bool = False  # validation (and RUN/best) on catalog-constrained greedy lists

@@ -26,7 +26,7 @@ from convrec.evaluation.evaluate import validate_lists
 from convrec.models.load import load_model, load_tokenizer, stop_token_ids
 from convrec.train import checkpoint, distributed, precision, rank_grpo, rl_rewards, runlog
 from convrec.train.config import RLConfig
-from convrec.train.logits import prefix_logps
+from convrec.train.logits import prefix_logps, selected_logps
 from convrec.train.rollout import SamplingConfig, make_engine
 
 CLIPPED_WARN = 0.05  # warn once when more rollouts than this are cut by the token budget
@@ -46,6 +46,7 @@ def token_logps(
     temperature: float = 1.0,
     amp: precision.Precision | None = None,
     allowed: list[list[torch.Tensor]] | None = None,
+    shared: bool = True,
 ):
     """log π_T(completion token | prefix) (B, T) and per-token entropy (B, T, no grad), where π_T is
     softmax(logits / T): the distribution the rollouts were sampled from (as TRL scores them).
@@ -55,16 +56,33 @@ def token_logps(
 
     A group's G rows repeat one prompt: the decoder runs over it once and the G completions continue
     from its cache (`logits.prefix_logps`); logits exist only for the completion positions, a chunk
-    at a time, which matters for real vocabularies. ``amp``: the run's compute precision (default fp32)."""
-    unique, index = shared_prompts(prompt_ids)
-    prompt, pmask = left_pad(unique, pad_id, comp_ids.device)
+    at a time, which matters for real vocabularies. ``amp``: the run's compute precision (default fp32).
+    ``shared=False`` scores every row as one full sequence instead: the same numbers without a KV
+    cache, which transformers turns off under gradient checkpointing (`rl --gradient-checkpointing`)."""
     flat = None if allowed is None else [a for row in allowed for a in row]
     with (amp or precision.resolve("fp32", model)).autocast():
+        if not shared:
+            return _full_sequence_logps(model, prompt_ids, comp_ids, comp_mask, pad_id, temperature, flat)
+        unique, index = shared_prompts(prompt_ids)
+        prompt, pmask = left_pad(unique, pad_id, comp_ids.device)
         logp, entropy = prefix_logps(
             model, prompt, pmask, index.to(comp_ids.device), comp_ids, comp_mask.bool(),
             temperature=temperature, entropy=True, allowed=flat,
         )  # fmt: skip
     return logp, entropy
+
+
+def _full_sequence_logps(model, prompt_ids, comp_ids, comp_mask, pad_id: int, temperature: float, allowed):
+    """`token_logps` over prompt + completion rows, one decoder pass each (no cache)."""
+    prompt, pmask = left_pad(prompt_ids, pad_id, comp_ids.device)
+    ids, attn = torch.cat([prompt, comp_ids], 1), torch.cat([pmask, comp_mask.long()], 1)
+    score = torch.cat([torch.zeros_like(pmask, dtype=torch.bool), comp_mask.bool()], 1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    logp, entropy = selected_logps(
+        model, ids, attn, score, position_ids=pos, temperature=temperature, entropy=True, allowed=allowed
+    )
+    width = prompt.shape[1]
+    return logp[:, width:], entropy[:, width:]
 
 
 def shared_prompts(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
@@ -169,6 +187,8 @@ def _setup(cfg: RLConfig) -> _Run:
     tokenizer = load_tokenizer(policy_path)
     dtype = precision.training_dtype(cfg.deepspeed)  # fp32 master weights, even from a bf16 checkpoint
     model = load_model(policy_path, dtype=dtype)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     model.train()
     amp = precision.resolve(cfg.precision, model)
     ref = None
@@ -308,7 +328,10 @@ def _optimise(run: _Run, ro: _Rollouts, adv: torch.Tensor, ref_logp: list) -> di
             mask = seg[sl] > 0
             allowed = ro.allowed[sl] if ro.allowed else None
             pad = run.tokenizer.pad_token_id
-            logp, entropy = forward(token_logps, ro.prompts[sl], ids[sl], mask, pad, cfg.temperature, run.amp, allowed)
+            logp, entropy = forward(
+                token_logps, ro.prompts[sl], ids[sl], mask, pad, cfg.temperature, run.amp, allowed,
+                shared=not cfg.gradient_checkpointing,
+            )  # fmt: skip
             if old_logp[j] is None:
                 old_logp[j] = logp.detach()
             parts = loss_fn(
