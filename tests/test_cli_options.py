@@ -161,3 +161,14 @@ def test_every_command_the_docs_show_exists_with_its_flags():
             if flag.startswith("--") and flag not in known:
                 problems.append(f"{doc}: '{line}': {' '.join(path)} has no {flag}")
     assert not problems, "\n".join(problems)
+
+
+def test_learning_rates_default_to_real_models_and_the_demo_keeps_its_own():
+    from convrec.demo.plan import SIZES
+    from convrec.train.config import RLConfig, SFTConfig
+
+    assert SFTConfig(data="d", model="m", out="o").lr == 1e-5  # full fine-tuning of a 0.5B-3B model
+    assert SFTConfig(data="d", model="m", out="o", lora_r=8).lr == 2e-4  # LoRA
+    assert SFTConfig(data="d", model="m", out="o", lr=3e-3).lr == 3e-3
+    assert RLConfig(model="m", data="d", out="o").lr == 1e-6  # the paper's released value
+    assert SIZES["small"]["sft"]["lr"] == 1e-3 and SIZES["small"]["rl"]["lr"] == 5e-5  # the tiny student's recipe

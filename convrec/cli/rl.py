@@ -24,7 +24,9 @@ def rl_command(
     prompts_per_step: int = typer.Option(D.prompts_per_step, "--prompts-per-step", help="Conversations per step."),
     mu: int = typer.Option(D.mu, "--mu", help="Optimisation passes per rollout batch (2 = off-policy reuse)."),
     max_steps: int = typer.Option(D.max_steps, "--max-steps", help="Optimisation steps (rollout batches)."),
-    lr: float = typer.Option(D.lr, "--lr", help="Constant learning rate (1e-6 for 0.5B models)."),
+    lr: float = typer.Option(
+        D.lr, "--lr", help="Constant learning rate (the paper's 1e-6; the tiny demo student: 5e-5)."
+    ),
     beta: float = typer.Option(D.beta, "--beta", help="KL weight to the SFT reference (0 = no reference model)."),
     clip_low: float | None = typer.Option(D.clip_low, "--clip-low", help="ε_low; default per level (rank 0.06)."),
     clip_high: float | None = typer.Option(D.clip_high, "--clip-high", help="ε_high; default per level (rank 0.08)."),

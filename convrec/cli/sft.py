@@ -22,7 +22,9 @@ def sft_command(
     max_steps: int | None = typer.Option(D.max_steps, "--max-steps", help="Stop after this many optimiser steps."),
     batch_size: int = typer.Option(D.batch_size, "--batch-size", help="Micro-batch size."),
     grad_accum: int = typer.Option(D.grad_accum, "--grad-accum", help="Gradient accumulation steps."),
-    lr: float = typer.Option(D.lr, "--lr", help="Peak learning rate (1e-3 suits the tiny model; ~1e-5 real ones)."),
+    lr: float | None = typer.Option(
+        D.lr, "--lr", help="Peak learning rate; default 2e-4 with --lora-r, else 1e-5 (the tiny demo student: 1e-3)."
+    ),
     warmup_ratio: float = typer.Option(D.warmup_ratio, "--warmup-ratio", help="Share of steps of linear warm-up."),
     weight_decay: float = typer.Option(D.weight_decay, "--weight-decay", help="AdamW weight decay."),
     max_length: int = typer.Option(D.max_length, "--max-length", help="Context length; prompts are cut from the left."),

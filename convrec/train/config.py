@@ -68,6 +68,11 @@ def _at_least(cfg, names: tuple[str, ...], low: int = 1) -> None:
             raise ConvrecError(f"--{name.replace('_', '-')} must be at least {low}")
 
 
+# Defaults for real models (docs/rl.md, "Recipes by model size"); the tiny demo student's recipe lives in
+# the demo's own settings (convrec/demo/plan.py). LoRA 2e-4: the Gemma 3 270M runs; full 1e-5: 0.5B-3B models.
+LORA_LR, FULL_LR = 2e-4, 1e-5
+
+
 @dataclass
 class SFTConfig:
     data: str
@@ -78,7 +83,7 @@ class SFTConfig:
     max_steps: int | None = None
     batch_size: int = 16
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float | None = None  # peak; None: LORA_LR with --lora-r, else FULL_LR (set in __post_init__)
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -99,6 +104,10 @@ class SFTConfig:
     lora_dropout: float = 0.05
     precision: str = "auto"  # compute dtype (precision.resolve); the trained weights are always fp32
 
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = LORA_LR if self.lora_r else FULL_LR
+
     def check(self) -> None:
         _at_least(self, ("epochs", "max_steps", "batch_size", "grad_accum", "eval_every", "n_items", "keep_last"))
         check_synced(self.deepspeed)
@@ -115,7 +124,7 @@ class RLConfig:
     prompts_per_step: int = 4  # per process
     mu: int = 1
     max_steps: int = 100
-    lr: float = 1e-5
+    lr: float = 1e-6  # the paper's released value (0.5B); the tiny demo student uses 5e-5
     beta: float = 1e-3
     clip_low: float | None = None  # None: the level's default (rank_grpo.DEFAULT_CLIP)
     clip_high: float | None = None
