@@ -262,7 +262,8 @@ def _roll_out(run: _Run, index: list[int]) -> _Rollouts:
     rows = None
     if run.constraints is not None:
         rows = [run.constraints.row_constraint(n, run.finder.rows_in_messages(run.messages[i])) for i in index]
-    completions = run.rollout_engine.generate(prompts, run.sampling, rows)
+    with run.amp.autocast():  # the run's compute precision (bf16 on CUDA; on a CPU where it pays: `precision`)
+        completions = run.rollout_engine.generate(prompts, run.sampling, rows)
     seconds = time.perf_counter() - t0
     rep = [i for i in index for _ in range(cfg.group_size)]
     scored = rl_rewards.score(
@@ -388,11 +389,15 @@ def _log_step(run: _Run, ro: _Rollouts, stats: dict, rank_r, seq_r, *, update_s:
     return last
 
 
+def _validate_in(run: _Run) -> dict:
+    """Validation lists decoded under the run's compute precision, as its rollouts are."""
+    with run.amp.autocast():
+        return validate(run.model, run.tokenizer, run.val_df, run.catalog, run.cfg)
+
+
 def _validate_and_save(run: _Run, progress) -> None:
     """Validation and checkpoints (`Checkpointer`); step 0 only validates: RUN/last is a trained policy."""
-    metrics = run.ckpt.save(
-        run.step, lambda: validate(run.model, run.tokenizer, run.val_df, run.catalog, run.cfg), save_last=run.step > 0
-    )
+    metrics = run.ckpt.save(run.step, lambda: _validate_in(run), save_last=run.step > 0)
     if metrics is not None:
         run.log({"step": run.step, **{f"val_{k}": v for k, v in metrics.items()}})
         progress.console.print(

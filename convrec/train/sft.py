@@ -192,10 +192,10 @@ def train(cfg: SFTConfig, console=None) -> dict:
 
 
 def validate(model, tokenizer, val_df, val_enc, catalog, cfg: SFTConfig) -> dict:
-    loss = _val_loss(model, val_enc, tokenizer.pad_token_id, cfg.batch_size, precision.resolve(cfg.precision, model))
-    return {
-        "loss": loss,
-        **validate_lists(
+    amp = precision.resolve(cfg.precision, model)
+    loss = _val_loss(model, val_enc, tokenizer.pad_token_id, cfg.batch_size, amp)
+    with amp.autocast():  # the lists decoded under the run's compute precision, as its loss is
+        lists = validate_lists(
             model, tokenizer, val_df, catalog, cfg.n_items, GenerationConfig.max_prompt_tokens, cfg.val_constrained
-        ),
-    }
+        )
+    return {"loss": loss, **lists}
