@@ -108,8 +108,8 @@ RANGES: dict[str, Range] = {
     "--gamma": AT_LEAST_0,
     "--l2": AT_LEAST_0,
     "--prior": AT_LEAST_0,
-    "--val-fraction": Range(ge=0, lt=1),
-    "--test-fraction": Range(gt=0, lt=1),
+    "--val-fraction": SHARE,  # the importers check that the two shares sum to at most 1
+    "--test-fraction": SHARE,
 }
 
 
