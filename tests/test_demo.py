@@ -237,7 +237,7 @@ def test_demo_end_to_end_rerun_and_change(tmp_path):
 def test_readme_pipeline_file_is_valid(tmp_path):
     """The GPU pipeline file the README shows is read by the real config code and wires the demo."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    text = readme.split("the same\nfile drives each stage under torchrun:\n\n```toml\n", 1)[1].split("```", 1)[0]
+    text = readme.split("from one pipeline file:\n\n```toml\n", 1)[1].split("```", 1)[0]
     opts = _opts(tmp_path, text)
     opts.data = Path(opts.settings["demo"]["data"])  # the shared `data` key reaches the demo too
     a = _argv(opts)
