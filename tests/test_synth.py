@@ -10,8 +10,8 @@ from convrec import artifacts
 from convrec.catalog import Catalog, normalize_title
 from convrec.data import SPLITS, load_catalog, load_split
 from convrec.data.synth import GENRES, REMAKE_GAP, generate
-from convrec.evaluation.synth_signal import signal_note
 from convrec.errors import ConvrecError
+from convrec.evaluation.synth_signal import signal_note
 from tests.conftest import run_cli
 
 
