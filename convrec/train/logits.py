@@ -20,15 +20,15 @@ conversation) with one decoder pass per prompt.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from convrec.decoding.cache import cache_kwarg
 from convrec.decoding.head import RestrictedHead, unwrap
 
-__all__ = ["unwrap", "selected_logps", "prefix_logps", "completion_loss", "cache_kwarg", "new_cache"]
+__all__ = ["unwrap", "selected_logps", "prefix_logps", "completion_loss"]
 
 CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk
 
@@ -117,19 +117,6 @@ def selected_logps(
     h, tgt = hidden[:, :-1][where], input_ids[:, 1:][where]
     flat, ents = _score(h, tgt, head, temperature, entropy, rows, allowed)
     return _scatter(flat, ents, score.shape, (where[0], where[1] + 1), entropy)
-
-
-def cache_kwarg(model) -> str:
-    """A model's name for its past cache: transformers 5.2x renamed ``past_key_values`` to ``cache``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def new_cache(model):
-    """An empty KV cache laid out from the model's config (Gemma's sliding-window layers), as `generate`
-    builds its own: every cache the project fills itself starts here."""
-    from transformers import DynamicCache
-
-    return DynamicCache(config=unwrap(model).config)
 
 
 def prefix_logps(
