@@ -114,6 +114,52 @@ def decode_step(model_dir, data, repeats: int) -> dict[str, tuple[float, float]]
     }
 
 
+def rl_step(model_dir, data, repeats: int) -> dict[str, tuple[float, float]]:
+    """The parts of an rl step at the default shape (4 prompts × 8 constrained lists of 20): rollouts, the
+    reference's scoring (no grad) and the policy's scoring + backward, restricted head against full."""
+    from convrec.decoding.generate import list_token_budget
+    from convrec.models.load import stop_token_ids
+    from convrec.train.rl import token_logps
+    from convrec.train.rollout import HFEngine, SamplingConfig
+
+    tok, model = load_tokenizer(model_dir), load_model(model_dir, dtype="float32")
+    amp, catalog = precision.resolve("bf16", model), open_catalog(data)
+    constraints = CatalogConstraints(tok, catalog)
+    prompts = encode_prompts(tok, load_split(data, "train")["messages"].to_list()[:4], 20, 768)
+    rows = [constraints.row_constraint(20)] * len(prompts)
+    cfg = SamplingConfig(
+        8, max_new_tokens=list_token_budget(tok, catalog, 20), stop_ids=tuple(stop_token_ids(tok, model))
+    )
+    engine, out = HFEngine(model, tok, constraints=constraints), []
+
+    def roll():
+        with amp.autocast():
+            out[:] = engine.generate(prompts, cfg, rows)
+
+    rows_out = {"rl step: rollouts, 4 × 8 constrained lists": timed(roll, repeats)}
+    width = max(len(c) for c in out)
+    ids = torch.tensor([c + [tok.pad_token_id] * (width - len(c)) for c in out])
+    mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in out])
+    allowed = [constraints.replay(r, c) for r, c in zip([r for r in rows for _ in range(8)], out, strict=True)]
+    prompts_rep = [p for p in prompts for _ in range(8)]
+    model.train()
+
+    def score(allowed, grad: bool):
+        def run():
+            model.zero_grad(set_to_none=True)
+            with torch.set_grad_enabled(grad):
+                logp, _ = token_logps(model, prompts_rep, ids, mask, tok.pad_token_id, 1.0, amp, allowed)
+            if grad:
+                logp.sum().backward()
+
+        return run
+
+    for name, a in (("restricted head", allowed), ("full head", None)):
+        rows_out[f"rl step: reference scoring (no grad), {name}"] = timed(score(a, False), repeats)
+        rows_out[f"rl step: policy scoring + backward, {name}"] = timed(score(a, True), repeats)
+    return rows_out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -123,12 +169,16 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3, help="timed decode steps (after one warm-up)")
     ap.add_argument("--sft-repeats", type=int, default=2, help="timed SFT steps per loss (after one warm-up)")
+    ap.add_argument("--only", choices=("all", "rl"), default="all", help="rl: the rl step's parts only")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    console = Console()
-    rows = decode_step(args.model, args.data, args.repeats)
-    console.print(rows)  # as soon as measured: the SFT steps take minutes on a busy machine
-    rows |= sft_steps(args.model, args.data, args.sft_set, args.batch, args.max_length, args.sft_repeats)
+    console, rows = Console(), {}
+    if args.only == "all":
+        rows = decode_step(args.model, args.data, args.repeats)
+        console.print(rows)  # as soon as measured: the SFT steps take minutes on a busy machine
+        rows |= sft_steps(args.model, args.data, args.sft_set, args.batch, args.max_length, args.sft_repeats)
+        console.print(rows)
+    rows |= rl_step(args.model, args.data, args.sft_repeats)
     table = Table(title=f"restricted vs full head: {args.model} (1 thread, median of the repeats)")
     for col in ("what", "CPU s", "wall s"):
         table.add_column(col, justify="left" if col == "what" else "right")
