@@ -168,6 +168,16 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in lines[0], (n, lines[0])
 
 
+def tiny_world(root: Path, model: str = "model") -> Path:
+    """The synthetic world (seed 0) in ROOT/data and an untrained tiny student in ROOT/MODEL; returns ROOT."""
+    from convrec.data.synth import generate
+    from convrec.models.tiny import init_model
+
+    generate(root / "data", seed=0)
+    init_model(root / "data", root / model)
+    return root
+
+
 @pytest.fixture(scope="session")
 def sft_world(tmp_path_factory):
     """Synthetic world, tiny model and a short SFT run (80 steps): the policy RL tests start from."""

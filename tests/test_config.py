@@ -12,12 +12,12 @@ def _lists(path) -> int:
 
 def test_toml_shared_and_per_command_settings(tiny_data, tmp_path):
     cfg = tmp_path / "pipeline.toml"
-    cfg.write_text(f'data = "{tiny_data}"\n\n[baseline.popularity]\nsplit = "train"\nn = 3\n')
+    cfg.write_text(f'data = "{tiny_data}"\n\n[baseline.popularity]\nsplit = "train"\nn-items = 3\n')
     proc = run_cli("--config", cfg, "baseline", "popularity", "--out", tmp_path / "p.parquet")
     assert proc.returncode == 0, proc.stderr
     preds = pl.read_parquet(tmp_path / "p.parquet")
     assert preds.height == 4  # the train split (4 samples), not the default test split (3)
-    assert all(t.count("\n") == 2 for t in preds["text"])  # n = 3 lines
+    assert all(t.count("\n") == 2 for t in preds["text"])  # n-items = 3 lines
     # a flag on the command line wins over the file
     proc = run_cli("--config", cfg, "baseline", "popularity", "--split", "test", "--out", tmp_path / "q.parquet")
     assert proc.returncode == 0, proc.stderr

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from convrec.train.distributed import backend, torchrun_command
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_world
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["zero2.json", "zero2_offload.json"]
@@ -28,13 +28,7 @@ ATOL = LR / 10
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from convrec.data.synth import generate
-    from convrec.models.tiny import init_model
-
-    root = tmp_path_factory.mktemp("dist")
-    generate(root / "data", seed=0)
-    init_model(root / "data", root / "model")
-    return root
+    return tiny_world(tmp_path_factory.mktemp("dist"))
 
 
 def _run(cmd: list[str]) -> None:

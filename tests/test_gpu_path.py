@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from convrec.models.tiny import SHAPES, model_config
+from tests.conftest import tiny_world
 
 ROOT = Path(__file__).resolve().parents[1]
 # parameter counts of the published checkpoints (tied embeddings counted once)
@@ -41,13 +42,7 @@ def test_gpu_smoke_refuses_without_cuda_in_one_line():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from convrec.data.synth import generate
-    from convrec.models.tiny import init_model
-
-    root = tmp_path_factory.mktemp("gc")
-    generate(root / "data", seed=0)
-    init_model(root / "data", root / "model")
-    return root
+    return tiny_world(tmp_path_factory.mktemp("gc"))
 
 
 def test_rl_gradient_checkpointing_scores_and_differentiates_the_same(world):

@@ -19,7 +19,7 @@ from convrec.catalog import Catalog
 from convrec.data import load_catalog
 from convrec.listfmt import format_item, format_list, parse_list
 from convrec.models.load import ITEM_TOKENS, load_model, load_tokenizer
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import assert_user_error, run_cli, tiny_world
 
 
 def _lines(data: Path) -> list[str]:
@@ -54,13 +54,7 @@ def _check_only_catalog(pred: Path, data: Path, n: int) -> None:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A synthetic world and a plain tiny student (no item tokens) as the 'pretrained' model."""
-    from convrec.data.synth import generate
-    from convrec.models.tiny import init_model
-
-    root = tmp_path_factory.mktemp("itemtok")
-    generate(root / "data", seed=0)
-    init_model(root / "data", root / "base")
-    return root
+    return tiny_world(tmp_path_factory.mktemp("itemtok"), model="base")
 
 
 @pytest.fixture(scope="module")

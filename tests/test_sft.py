@@ -11,20 +11,14 @@ import torch
 from convrec.models.load import load_model
 from convrec.train.distributed import torchrun_command
 from convrec.train.sft import GROUP_SPAN, _order
-from tests.conftest import assert_user_error, kill_after_first_checkpoint, run_cli
+from tests.conftest import assert_user_error, kill_after_first_checkpoint, run_cli, tiny_world
 
 SFT_ARGS = ["--batch-size", "4", "--eval-every", "3", "--val-samples", "6", "--lr", "3e-3", "--seed", "1"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from convrec.data.synth import generate
-    from convrec.models.tiny import init_model
-
-    root = tmp_path_factory.mktemp("sft")
-    generate(root / "data", seed=0)
-    init_model(root / "data", root / "model")
-    return root
+    return tiny_world(tmp_path_factory.mktemp("sft"))
 
 
 def _losses(run) -> list[dict]:

@@ -17,7 +17,7 @@ from convrec.models.load import load_model, load_tokenizer
 from convrec.train import lora, vllm_constraints
 from convrec.train.vllm_constraints import CatalogMaskProcessor
 from convrec.train.vllm_engine import llm_kwargs, merged, request_seed, vllm_weights
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import assert_user_error, run_cli, tiny_world
 
 
 class Direction(enum.Enum):  # vLLM's MoveDirectionality, by name
@@ -27,13 +27,7 @@ class Direction(enum.Enum):  # vLLM's MoveDirectionality, by name
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from convrec.data.synth import generate
-    from convrec.models.tiny import init_model
-
-    root = tmp_path_factory.mktemp("vllm")
-    generate(root / "data", seed=0)
-    init_model(root / "data", root / "model")
-    return root
+    return tiny_world(tmp_path_factory.mktemp("vllm"))
 
 
 def _update(removed=(), added=(), moved=()):
