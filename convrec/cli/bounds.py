@@ -71,7 +71,7 @@ RANGES: dict[str, Range] = {
     "--concurrency": AT_LEAST_1,
     "--max-retries": AT_LEAST_0,
     "--judge-retries": AT_LEAST_0,
-    "--max-calls": AT_LEAST_0,
+    "--max-calls": AT_LEAST_1,
     "--max-iter": AT_LEAST_1,
     "--smooth": AT_LEAST_0,
     "--nproc": AT_LEAST_1,

@@ -3,7 +3,6 @@ one place they become an `LLMConfig`."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
@@ -44,24 +43,12 @@ PRICES = typer.Option(
 )
 
 
-def positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ConvrecError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
-
-
 def llm_config(model: str, out: Path, opts: dict):
     """The LLM client settings from a command's shared options (its locals: base_url, api_key_env, ...);
     the key is checked now, so a missing one fails in one line before any work."""
     from convrec.llm import LLMClient, LLMConfig
     from convrec.llm.client import default_cache_dir
 
-    for name, v in (("--concurrency", opts["concurrency"]), ("--timeout", opts["timeout"])):
-        positive(name, v)
-    positive("--max-calls", opts["max_calls"])
-    positive("--max-retries", opts["max_retries"], allow_zero=True)
-    positive("--backoff", opts["backoff"], allow_zero=True)
     cfg = LLMConfig(
         model=model,
         base_url=opts["base_url"],

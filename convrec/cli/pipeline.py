@@ -28,7 +28,6 @@ from convrec.cli.llm_options import (
     USAGE,
     dry_run_exits,
     llm_config,
-    positive,
 )
 from convrec.errors import ConvrecError
 
@@ -116,16 +115,9 @@ def remap_command(
     from convrec.data import load_split
     from convrec.pipeline.teachers import OFFLINE_TEACHERS
 
-    if not 0 < fraction <= 1:
-        raise ConvrecError(f"--fraction must be in (0, 1], got {fraction}")
-    for name, v in (("--n-items", n_items), ("--top-m", top_m), ("--batch-size", batch_size)):
-        positive(name, v)
-    positive("--lambda", lam, allow_zero=True)
-    positive("--semantic-weight", semantic, allow_zero=True)
+    # single-flag ranges are checked while parsing (cli/bounds.py); here only what ties flags together
     if top_m < n_items:
         raise ConvrecError(f"--top-m ({top_m}) must be at least --n-items ({n_items})")
-    if not 0 <= fuzzy_cutoff <= 100:
-        raise ConvrecError(f"--fuzzy-cutoff must be within 0..100, got {fuzzy_cutoff}")
     if describe and teacher in OFFLINE_TEACHERS:
         raise ConvrecError(f"--describe needs an LLM teacher; '{teacher}' is offline (titles are used instead)")
     _check_out(out, raw_out)
@@ -218,12 +210,8 @@ def reflect_command(
     _n: str | None = renamed("--n", "--n-items"),
 ) -> None:
     """Rate the top remap candidates with a judge: s = s_remap + γ·r, r ∈ {−2..2}."""
-    for name, v in (("--top-n", top_n), ("--chunk", chunk), ("--n-items", n_items)):
-        positive(name, v)
     if gamma is None:  # the embed judge is a weak signal: at the paper's 0.5 it overrules the teacher
         gamma = EMBED_GAMMA if judge == "embed" else 0.5
-    positive("--gamma", gamma, allow_zero=True)
-    positive("--judge-retries", judge_retries, allow_zero=True)
     _check_out(out)
     llm = None
     if judge != "embed":
@@ -278,9 +266,6 @@ def adjust_command(
     """Fit per-item w, b on training ground truth (popularity-bias correction) and write the SFT set."""
     from convrec.pipeline import adjust
 
-    for name, v in (("--max-iter", max_iter), ("--n-items", n_items), ("--top-m", top_m)):
-        positive(name, v)
-    positive("--l2", l2, allow_zero=True)
     _check_out(out)
     df = _read_stage(inp, "reflect")
     fit_df = _read_stage(fit_on, "reflect") if fit_on is not None else None
