@@ -29,8 +29,6 @@ def report_command(
     """
     if not runs and not metrics:
         raise ConvrecError("no runs given: pass run folders (and/or eval JSON files with --metrics)")
-    if smooth < 0:
-        raise ConvrecError(f"--smooth must be 0 (auto) or a positive window, got {smooth}")
     from convrec import report  # matplotlib loads only for this command
 
     loaded = report.load_runs(runs or [])
