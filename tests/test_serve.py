@@ -283,6 +283,44 @@ def test_engine_timeout_and_budget(lm, catalog):
     assert short.finish_reason == "length" and len(short.tokens) == 4
 
 
+def test_served_constrained_lists_never_compute_the_full_head(lm, catalog):
+    """A constrained request decodes in the restricted-head loop: the output head module (all its rows)
+    never runs, and the greedy list is the one `convrec generate --constrained` writes for that prompt."""
+    import asyncio
+
+    from convrec.serve.engine import Engine, Job
+
+    tok, model = lm
+    engine = Engine(model, tok, catalog, batch_wait_s=0, n_items=5)
+    prompt = engine.encode(conversation("Something scary?"))
+    calls = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        job = Job(
+            prompt, engine.constraints.row_constraint(5), 400, False, 1.0, 1.0, time.monotonic() + 60, loop,
+            loop.create_future(),
+        )  # fmt: skip
+        engine.start()
+        try:
+            engine.submit(job)
+            return await job.future
+        finally:
+            await asyncio.to_thread(engine.stop)
+
+    try:
+        served = asyncio.run(go())
+    finally:
+        hook.remove()
+    assert calls == [] and served.finish_reason == "stop" and len(served.items) == 5
+    cfg = GenerationConfig(n_items=5, max_new_tokens=400, constrained=True)
+    constraints = CatalogConstraints(tok, catalog)
+    (written,) = generate_texts(model, tok, [prompt], cfg, None, constraints, [constraints.row_constraint(5)])
+    assert engine.decode(served.tokens) == written
+    assert [catalog.label(r) for r in served.items] == written.split("\n")
+
+
 # --- the server ---------------------------------------------------------------------------------
 def assert_catalog_list(text: str, catalog: Catalog, n: int) -> list[tuple[str, int | None]]:
     items = parse_list(text)

@@ -12,23 +12,38 @@ catalog line, the newline after each item and the stop token after the k-th), th
 appended without sampling and goes into the same forward as the sampled one. Under the masked
 policy it has probability 1, so the lists are drawn from the same distribution (and greedy lists
 are the same lists) with up to half the forward passes.
+
+An `Observer` (the server's) watches every token as it is taken and may end a row (stop sequences,
+budgets, deadlines, cancellation, streaming) and adjust the logits over the allowed ids first
+(OpenAI's penalties and ``logit_bias``); generation and rollouts pass none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from convrec.decoding.constrained import RowState
-from convrec.decoding.head import RestrictedHead
+from convrec.decoding.head import RestrictedHead, RestrictedLogits
 
 
 @dataclass(frozen=True)
 class Decoded:
     tokens: list[list[int]]  # per row: the generated ids, up to and including the stop token sampled
     complete: list[bool]  # per row: stopped between lines (not cut mid-line by the token budget)
+
+
+class Observer(Protocol):
+    def adjust(self, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The logits to sample from: ``z`` (rows × ids, at temperature 1, −inf outside each row's set)
+        adjusted; the masked entries must stay −inf."""
+
+    def take(self, tokens: list[int | None], scored: RestrictedLogits | None) -> list[bool]:
+        """Each live row's new token (None: the row had ended) and the adjusted logits it was drawn
+        from (None: every token was forced, probability 1); True where the row must end now."""
 
 
 def _top_p(z: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -42,15 +57,25 @@ def _top_p(z: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def _next_tokens(
-    head: RestrictedHead, h: torch.Tensor, allowed: list[torch.Tensor], greedy: bool, temperature: float, top_p: float
-):
+    head: RestrictedHead,
+    h: torch.Tensor,
+    allowed: list[torch.Tensor],
+    greedy: bool,
+    temperature: float,
+    top_p: float,
+    observer: Observer | None,
+) -> tuple[torch.Tensor, RestrictedLogits]:
     """Each row's next token from its last hidden state ``h`` (B × H), under its ``allowed`` ids: the head
-    runs over the union of the rows' ids only (exact under the masked policy)."""
-    scored = head.restricted(h, allowed, 1.0 if greedy else temperature)
+    runs over the union of the rows' ids only (exact under the masked policy). Also returns the logits at
+    temperature 1 (after the observer's adjustment) the tokens were drawn from."""
+    scored = head.restricted(h, allowed)
+    if observer is not None:
+        scored = RestrictedLogits(observer.adjust(scored.z, scored.ids), scored.ids)
     if greedy:
-        return scored.to_vocab(scored.z.argmax(-1))
-    z = _top_p(scored.z, top_p) if top_p < 1.0 else scored.z
-    return scored.to_vocab(sample(z))
+        return scored.to_vocab(scored.z.argmax(-1)), scored
+    z = scored.z / temperature if temperature != 1.0 else scored.z
+    z = _top_p(z, top_p) if top_p < 1.0 else z
+    return scored.to_vocab(sample(z)), scored
 
 
 def sample(z: torch.Tensor) -> torch.Tensor:
@@ -75,11 +100,13 @@ def decode_constrained(
     temperature: float = 1.0,
     top_p: float = 1.0,
     cache=None,
+    observer: Observer | None = None,
 ) -> Decoded:
     """Constrained lists for a left-padded batch, one `RowState` (its trie walk) per row.
 
     ``cache``: a KV cache already holding all but the last column of ``input_ids`` (a GRPO group's
-    shared prompt prefill, repeated per row); without it the whole prompt is run here."""
+    shared prompt prefill, repeated per row); without it the whole prompt is run here.
+    ``observer``: sees each token as it is taken and may end rows early (see `Observer`)."""
     from convrec.decoding.cache import cache_kwarg, new_cache
 
     head = RestrictedHead(model)
@@ -101,15 +128,23 @@ def decode_constrained(
     allowed = [s.next_ids(device) for s in states]
     while n < max_new_tokens:
         hidden = body(input_ids=feed, attention_mask=attn, position_ids=pos, use_cache=True, **{key: cache})
-        cols = [_next_tokens(head, hidden.last_hidden_state[:, -1], allowed, greedy, temperature, top_p).tolist()]
+        drawn, scored = _next_tokens(
+            head, hidden.last_hidden_state[:, -1], allowed, greedy, temperature, top_p, observer
+        )
+        cols = [drawn.tolist()]
         while True:  # take the column, then every following one the masks force on all live rows
+            taken: list[int | None] = [None] * b
             for r, tok in enumerate(cols[-1]):
                 if live[r]:
                     out[r].append(tok)
                     states[r].advance(tok)
                     live[r] = tok not in stops
+                    taken[r] = tok
                 else:
                     cols[-1][r] = pad_id
+            if observer is not None:
+                ended = observer.take(taken, scored if len(cols) == 1 else None)
+                live = [lv and not e for lv, e in zip(live, ended, strict=True)]
             n += 1
             if not any(live) or n >= max_new_tokens:
                 break

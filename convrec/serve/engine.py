@@ -1,8 +1,10 @@
 """The serving engine: one model, one worker thread, dynamic batching of concurrent requests.
 
 Requests become `Job`s on a queue. The worker takes the first waiting job, waits up to
-``batch_wait_s`` for more (up to ``max_batch``), and runs one `generate` call per group of jobs
-that share sampling settings. Rows differ in everything else: each has its own catalog
+``batch_wait_s`` for more (up to ``max_batch``), and decodes each group of jobs that share sampling
+settings together: catalog-constrained groups in the restricted-head loop that `convrec generate` and
+the rollouts use (`convrec.decoding.loop`: the head over the allowed ids only), free-text groups with
+`model.generate`. Rows differ in everything else: each has its own catalog
 constraint (or none), penalties and token biases, stop sequences, token budget, deadline and
 streaming callback; a `StoppingCriteria` stops each row on its own stop sequence, budget, deadline
 or cancellation, so one batch serves them all. A sampled job with a seed runs alone, so that the
@@ -26,6 +28,8 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from convrec.catalog import Catalog
 from convrec.decoding.constrained import CatalogConstraints, RowConstraint
 from convrec.decoding.generate import encode_prompt, left_pad
+from convrec.decoding.head import RestrictedLogits
+from convrec.decoding.loop import decode_constrained
 from convrec.decoding.mentions import MentionFinder
 from convrec.models.load import stop_token_ids
 
@@ -98,6 +102,21 @@ class _Adjust(LogitsProcessor):
         self.frequency = torch.tensor([j.frequency_penalty for j in jobs])
         self.biases = [j.logit_bias for j in jobs]
 
+    def adjust(self, z: torch.Tensor, ids: torch.Tensor, generated: list[list[int]]) -> torch.Tensor:
+        """The same adjustment over a restricted head's columns ``ids`` (z: rows × ids), from each row's
+        generated tokens; masked entries stay −inf."""
+        z = z.clone()
+        for r, tokens in enumerate(generated):
+            pres, freq, bias = float(self.presence[r]), float(self.frequency[r]), self.biases[r]
+            if tokens and (pres or freq):
+                counts = (ids[:, None] == torch.tensor(tokens, device=ids.device)[None, :]).sum(1).to(z.dtype)
+                z[r] -= counts * freq + (counts > 0).to(z.dtype) * pres
+            for tok, value in bias.items():
+                col = int(torch.searchsorted(ids, torch.tensor(tok, device=ids.device)))
+                if col < len(ids) and int(ids[col]) == tok:
+                    z[r, col] += value
+        return z
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.clone()
         generated = input_ids[:, self.prompt_len :]
@@ -116,25 +135,49 @@ class _RowStopper(StoppingCriteria):
     """Collects each row's tokens (streaming them) and stops a row at a stop token (any token that ends a
     turn), one of its stop sequences, its budget, deadline or cancel."""
 
-    def __init__(self, jobs: list[Job], logp: _LogSoftmax, stops: list[int], decode: Callable) -> None:
+    def __init__(
+        self, jobs: list[Job], logp: _LogSoftmax | None, stops: list[int], decode: Callable, adjuster=None
+    ) -> None:
         self.jobs, self.logp, self.stops, self.decode = jobs, logp, set(stops), decode
+        self.adjuster: _Adjust | None = adjuster
         self.active = [True] * len(jobs)
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        """`model.generate`'s stopping criterion: the column it just generated."""
         last = input_ids[:, -1:]
-        toks = last.squeeze(1).tolist()
-        lps = self.logp.last.gather(1, last).squeeze(1).tolist() if self.logp.last is not None else [0.0] * len(toks)
+        logp = self.logp.last
+        lps = logp.gather(1, last).squeeze(1).tolist() if logp is not None else [0.0] * len(self.jobs)
+        self._take(last.squeeze(1).tolist(), lps, lambda r, n: _top(logp[r], n) if logp is not None else [])
+        return torch.tensor([not a for a in self.active], dtype=torch.bool, device=input_ids.device)
+
+    def take(self, tokens: list[int | None], scored: RestrictedLogits | None) -> list[bool]:
+        """The restricted-head loop's observer (`convrec.decoding.loop.Observer`): a forced token has
+        log-probability 0 (the mask left it alone), a drawn one its log-softmax over the row's allowed ids."""
+        if scored is None:
+            lps = [0.0] * len(tokens)
+            self._take(tokens, lps, lambda r, n: [(tokens[r], 0.0)])
+        else:
+            logp = scored.log_softmax()
+            drawn = torch.tensor([t if t is not None else int(scored.ids[0]) for t in tokens], device=logp.device)
+            lps = logp.gather(1, scored.column(drawn)[:, None]).squeeze(1).tolist()
+            self._take(tokens, lps, lambda r, n: [(int(scored.ids[i]), v) for i, v in _top(logp[r], n)])
+        return [not a for a in self.active]
+
+    def adjust(self, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return z if self.adjuster is None else self.adjuster.adjust(z, ids, [j.tokens for j in self.jobs])
+
+    def _take(self, toks: list[int | None], lps: list[float], alternatives: Callable) -> None:
         now = time.monotonic()
         for r, job in enumerate(self.jobs):
-            if not self.active[r]:
+            if not self.active[r] or toks[r] is None:
                 continue
             if toks[r] in self.stops:
                 self._stop(r, "stop")
                 continue
             job.tokens.append(toks[r])
             job.logprobs.append(lps[r])
-            if job.top_logprobs and self.logp.last is not None:
-                job.alternatives.append(_top(self.logp.last[r], job.top_logprobs))
+            if job.top_logprobs:
+                job.alternatives.append(alternatives(r, job.top_logprobs))
             if job.on_token is not None:
                 job.on_token(toks[r])
             if job.stop and self._hit_stop(job):
@@ -145,7 +188,6 @@ class _RowStopper(StoppingCriteria):
                 self._stop(r, "cancelled")
             elif now > job.deadline:
                 self._stop(r, "timeout")
-        return torch.tensor([not a for a in self.active], dtype=torch.bool, device=input_ids.device)
 
     def _hit_stop(self, job: Job) -> bool:
         """Whether the text's tail holds a stop sequence (a token is at least one character, or a
@@ -270,8 +312,8 @@ class Engine:
                     break
                 batch.append(job)
             groups: dict[tuple, list[Job]] = {}
-            for job in batch:
-                groups.setdefault(job.sampling_key, []).append(job)
+            for job in batch:  # constrained and free-text rows decode apart (the restricted loop or generate)
+                groups.setdefault((job.constraint is not None, job.sampling_key), []).append(job)
             for jobs in groups.values():
                 try:
                     self._generate(jobs)
@@ -295,6 +337,9 @@ class Engine:
         tok = self.tokenizer
         pad = tok.pad_token_id
         input_ids, attention = left_pad([j.prompt for j in jobs], pad, self.model.device)
+        if all(j.constraint is not None for j in jobs):
+            self._decode_restricted(jobs, input_ids, attention)
+            return
         constrained = any(j.constraint is not None for j in jobs)
         proc = self.constraints.processor([j.constraint for j in jobs]) if constrained else None
         adjust = _Adjust(jobs, input_ids.shape[1]) if any(j.adjusts_logits for j in jobs) else None
@@ -325,6 +370,35 @@ class Engine:
             if proc is not None and job.constraint is not None:
                 job.items = [self.constraints.row_of_item[i] for i in proc.items(r)]
                 job.complete = proc.complete(r)
+            _resolve(job, None)
+
+    def _decode_restricted(self, jobs: list[Job], input_ids: torch.Tensor, attention: torch.Tensor) -> None:
+        """Catalog-constrained rows: the loop that scores only each row's allowed ids."""
+        adjuster = _Adjust(jobs, input_ids.shape[1]) if any(j.adjusts_logits for j in jobs) else None
+        watcher = _RowStopper(jobs, None, self.stops, self.decode, adjuster)
+        states = self.constraints.states([j.constraint for j in jobs])
+        first = jobs[0]
+        with _seeded(first.seed if first.do_sample else None, self.model.device):
+            decode_constrained(
+                self.model,
+                input_ids,
+                attention,
+                states,
+                max_new_tokens=max(j.max_new_tokens for j in jobs),
+                pad_id=self.tokenizer.pad_token_id,
+                stop_ids=self.stops,
+                greedy=not first.do_sample,
+                temperature=first.temperature,
+                top_p=first.top_p,
+                observer=watcher,
+            )
+        self.batches += 1
+        self.batched_rows += len(jobs)
+        for job, state in zip(jobs, states, strict=True):
+            self.generated_tokens += len(job.tokens)
+            job.batch_size = len(jobs)
+            job.items = [self.constraints.row_of_item[i] for i in state.items]
+            job.complete = state.at_line_start
             _resolve(job, None)
 
 
