@@ -7,7 +7,8 @@ client ever sees text the finished answer does not hold.
 
 from __future__ import annotations
 
-from convrec.serve.engine import Engine, Job
+from convrec.serve.engine import Engine
+from convrec.serve.rows import Job
 
 
 def first_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -21,9 +21,10 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 
 from convrec.listfmt import parse_line
 from convrec.serve.chat import ChoiceStream, answer_logprobs, final_text
-from convrec.serve.engine import Engine, Job, Overloaded
+from convrec.serve.engine import Engine, Overloaded
 from convrec.serve.metrics import Metrics
 from convrec.serve.page import PAGE, placeholder
+from convrec.serve.rows import Job
 from convrec.serve.schemas import ChatCompletionRequest, RecommendRequest
 from convrec.serve.validation import (
     APIError,
