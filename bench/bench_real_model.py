@@ -159,9 +159,6 @@ def main() -> None:
     if not args.parts or set(args.parts.split(",")) - set(PARTS):
         parser.error(f"--parts: a comma-separated subset of {','.join(PARTS)}, got {args.parts!r}")
     if args.child:
-        from convrec.runtime import keep_freed_memory
-
-        keep_freed_memory()  # as every `convrec` command does (CONVREC_KEEP_FREED_MEMORY=0: glibc's defaults)
         print(json.dumps(measure(*args.child)))
         return
 

@@ -27,7 +27,6 @@ from convrec.cli import (
 )
 from convrec.cli.common import err_console
 from convrec.errors import ConvrecError
-from convrec.runtime import keep_freed_memory
 
 app = typer.Typer(
     name="convrec",
@@ -95,7 +94,6 @@ def _fail(message: str) -> None:
 def main() -> None:
     """Entry point: user errors (bad input, bad flags) and the machine's (a full disk, a folder that cannot
     be made) become one line on stderr and exit code 2."""
-    keep_freed_memory()
     try:
         code = click_root().main(prog_name="convrec", standalone_mode=False)
     except ConvrecError as e:
