@@ -168,43 +168,37 @@ class Engine:
         jobs = [j for j in jobs if not (j.cancelled or j.finish_reason == "timeout")]
         if not jobs:
             return
-        tok = self.tokenizer
-        pad = tok.pad_token_id
+        pad = self.tokenizer.pad_token_id
         input_ids, attention = left_pad([j.prompt for j in jobs], pad, self.model.device)
-        if all(j.constraint is not None for j in jobs):
-            self._decode_restricted(jobs, input_ids, attention)
-            return
-        constrained = any(j.constraint is not None for j in jobs)
-        proc = self.constraints.processor([j.constraint for j in jobs]) if constrained else None
+        # a group is all constrained or all free text (`_run` groups them so)
+        decode = self._decode_restricted if jobs[0].constraint is not None else self._decode_free
+        decode(jobs, input_ids, attention)
+        self.batches += 1
+        self.batched_rows += len(jobs)
+        for job in jobs:
+            self.generated_tokens += len(job.tokens)
+            job.batch_size = len(jobs)
+            _resolve(job, None)
+
+    def _decode_free(self, jobs: list[Job], input_ids: torch.Tensor, attention: torch.Tensor) -> None:
+        """Free-text rows: `model.generate` over the whole vocabulary."""
         adjust = Adjust(jobs, input_ids.shape[1]) if any(j.adjusts_logits for j in jobs) else None
         logp = LogSoftmax()
-        stops = self.stops
-        stopper = RowStopper(jobs, logp, stops, self.decode)
+        stopper = RowStopper(jobs, logp, self.stops, self.decode)
         first = jobs[0]
         with _seeded(first.seed if first.do_sample else None, self.model.device):
-            out = self.model.generate(
+            self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 max_new_tokens=max(j.max_new_tokens for j in jobs),
                 do_sample=first.do_sample,
                 temperature=first.temperature if first.do_sample else None,
                 top_p=first.top_p if first.do_sample else None,
-                pad_token_id=pad,
-                eos_token_id=stops,
-                logits_processor=LogitsProcessorList([p for p in (adjust, proc, logp) if p is not None]),
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.stops,
+                logits_processor=LogitsProcessorList([p for p in (adjust, logp) if p is not None]),
                 stopping_criteria=StoppingCriteriaList([stopper]),
             )
-        if proc is not None:
-            proc.finish(out)
-        self.batches += 1
-        self.batched_rows += len(jobs)
-        for r, job in enumerate(jobs):
-            self.generated_tokens += len(job.tokens)
-            job.batch_size = len(jobs)
-            if proc is not None and job.constraint is not None:
-                job.items = [self.constraints.row_of_item[i] for i in proc.items(r)]
-                job.complete = proc.complete(r)
-            _resolve(job, None)
 
     def _decode_restricted(self, jobs: list[Job], input_ids: torch.Tensor, attention: torch.Tensor) -> None:
         """Catalog-constrained rows: the loop that scores only each row's allowed ids."""
@@ -226,14 +220,9 @@ class Engine:
                 top_p=first.top_p,
                 observer=watcher,
             )
-        self.batches += 1
-        self.batched_rows += len(jobs)
         for job, state in zip(jobs, states, strict=True):
-            self.generated_tokens += len(job.tokens)
-            job.batch_size = len(jobs)
             job.items = [self.constraints.row_of_item[i] for i in state.items]
             job.complete = state.at_line_start
-            _resolve(job, None)
 
 
 def _resolve(job: Job, error: BaseException | None) -> None:

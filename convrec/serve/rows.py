@@ -71,7 +71,8 @@ class LogSoftmax(LogitsProcessor):
 
 
 class Adjust(LogitsProcessor):
-    """OpenAI's presence and frequency penalties and `logit_bias`, row by row, before the catalog mask:
+    """OpenAI's presence and frequency penalties and `logit_bias`, row by row (constrained rows: over
+    their allowed ids):
     ``logit[t] -= frequency_penalty * count[t] + presence_penalty * (count[t] > 0) - bias[t]``, counting
     the tokens this call generated (the prompt's are not penalised, as OpenAI's "so far" means)."""
 
